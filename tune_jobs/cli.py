@@ -1,0 +1,165 @@
+"""The command line every study shares: grid and protocol overrides, tracking, Ray resources."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from tune_jobs.study import Study, format_value
+
+
+class UsageError(ValueError):
+    """A bad command-line value; the launcher prints it and exits with status 2."""
+
+
+def parse_value(study: Study, key: str, text: str) -> Any:
+    """Convert ``text`` to the type of config field ``key``."""
+    return _convert(study.field_types[key], text.strip(), key)
+
+
+def _convert(kind: Any, text: str, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _convert(options[0], text, key)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts:
+            raise UsageError(f"{key}: needs at least one value, got {text!r}")
+        return tuple(_convert(item, p.strip(), key) for p in parts)
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes"):
+                return True
+            if text.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise UsageError(f"{key}: expected {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def _split_assignment(option: str, text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"{option} takes KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A validated launch request: the points to run and where/how to run them."""
+
+    study: Study
+    grid: dict[str, tuple]
+    fixed: dict[str, Any]
+    points: list[Any]
+    tracking_uri: str | None
+    experiment: str
+    address: str | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    max_failures: int
+    resume: str | None
+    storage_path: str | None
+    analyze_out: str | None
+
+
+def build_parser(study: Study, extra_help: str = "") -> argparse.ArgumentParser:
+    dims = ", ".join(f"{d} (default {format_value(v)})" for d, v in study.grid.items())
+    fixed = ", ".join(f"{k}={format_value(v)}" for k, v in study.defaults().items())
+    parser = argparse.ArgumentParser(
+        prog=f"python -m tune_jobs.{study.name}",
+        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.{extra_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = parser.add_argument_group("grid and protocol")
+    g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="replace one grid dimension's values (repeatable); keys are the MLflow param names")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one fixed protocol value (repeatable), e.g. --set epochs=50")
+    t = parser.add_argument_group("tracking (MLflow)")
+    t.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db "
+                        "with artifacts under mlruns/artifacts/)")
+    t.add_argument("--experiment", default=study.name, help="MLflow experiment name (default: %(default)s)")
+    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="SWEEP_ID",
+                   help="continue an interrupted sweep (default: the experiment's latest) instead of starting one; "
+                        "finished grid points are not run again")
+    r = parser.add_argument_group("compute (Ray)")
+    r.add_argument("--address", default=None,
+                   help="join an existing Ray cluster ('auto' finds a local one); default: start a local Ray "
+                        "on this machine, bound to 127.0.0.1")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per Ray trial (default: 1)")
+    r.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs reserved per Ray trial, fractions allowed (default: 0)")
+    r.add_argument("--max-concurrent", type=int, default=None,
+                   help="at most this many Ray trials at once (default: as many as resources allow)")
+    r.add_argument("--max-failures", type=int, default=0, help="retries of a failed Ray trial (default: 0)")
+    r.add_argument("--storage-path", default=None,
+                   help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results)")
+    parser.add_argument("--analyze", metavar="DIR", default=None,
+                        help="after the sweep, run this study's analysis into DIR and its validation checks")
+    return parser
+
+
+def parse_launch(study: Study, argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> tuple[Launch, argparse.Namespace]:
+    """Parse and validate everything; raise :class:`UsageError` naming the bad key or value."""
+    parser = parser or build_parser(study)
+    args = parser.parse_args(argv)
+    grid = {d: tuple(v) for d, v in study.grid.items()}
+    for text in args.grid:
+        key, value = _split_assignment("--grid", text)
+        if key not in study.grid:
+            raise UsageError(f"--grid: unknown grid dimension {key!r}; grid dimensions: {', '.join(study.grid)}"
+                             + (f" (use --set {key}=... for a fixed value)" if key in study.fixed_fields else ""))
+        values = tuple(parse_value(study, key, v) for v in value.split(",") if v.strip())
+        if not values:
+            raise UsageError(f"--grid: {key} needs at least one value, got {value!r}")
+        if len(set(values)) != len(values):
+            raise UsageError(f"--grid: {key} repeats a value: {value!r}")
+        grid[key] = values
+    fixed = study.defaults()
+    for text in args.set:
+        key, value = _split_assignment("--set", text)
+        if key not in fixed:
+            hint = f" (it is a grid dimension: use --grid {key}=...)" if key in study.grid else ""
+            raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}")
+        fixed[key] = parse_value(study, key, value)
+    for name, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
+        if value < 0:
+            raise UsageError(f"{name} must be >= 0, got {value}")
+    if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
+        raise UsageError("--cpus-per-trial and --gpus-per-trial cannot both be 0")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < 0:
+        raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    try:
+        points = study.points(grid, fixed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    launch = Launch(
+        study=study, grid=grid, fixed=fixed, points=points, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        resume=args.resume, storage_path=args.storage_path, analyze_out=args.analyze,
+    )
+    return launch, args
+
+
+def fail_usage(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,239 @@
+"""The shared runner: a study's grid -> a Ray Tune run -> one MLflow child run per grid point.
+
+Driver side (:func:`main`): validate the launch, open the MLflow parent run,
+start or join Ray, run the Tuner, then close the parent with a summary.
+Worker side (:func:`run_points`): compute a few grid points in sequence and
+log each one as its own MLflow child run, skipping points an earlier attempt
+already finished, so retries and ``--resume`` never duplicate a point.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from core.training import torch_threads
+from tune_jobs import tracking
+from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
+from tune_jobs.study import Study, format_value, load_study
+
+
+class PointsFailed(RuntimeError):
+    """Raised by a Ray trial after all its points ran, when some of them failed."""
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def run_points(trial_config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: compute the trial's grid points, one MLflow child run each."""
+    from ray import tune
+
+    trial_config = trial_config["trial"]
+    context = trial_config["context"]
+    study = load_study(context["study"])
+    tracker = tracking.SweepTracker(context["tracking_uri"], context["experiment_id"], context["sweep_id"],
+                                    study.name)
+    failures = []
+    for index, entry in enumerate(trial_config["points"]):
+        config = study.config_type(**entry["config"])
+        point = study.point_key(config)
+        done = tracker.finished_run(point)
+        if done is not None:
+            tune.report({"point": point, "status": "skipped", "points_done": index + 1})
+            continue
+        run_id = tracker.start(point, {**study.params(config), **entry["extra_params"]})
+        try:
+            with torch_threads(getattr(config, "torch_threads", 1)):
+                result = study.run_trial(config)
+            result.check_finite()
+            tracker.finish(run_id, result)
+        except Exception as error:  # the point fails; the trial's other points go on
+            tracker.fail(run_id, error)
+            failures.append(f"{point}: {type(error).__name__}: {error}")
+            tune.report({"point": point, "status": "failed", "points_done": index + 1})
+            continue
+        tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
+    if failures:
+        raise PointsFailed(f"{len(failures)} point(s) failed: " + "; ".join(failures))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _start_ray(launch: Launch) -> None:
+    """Join ``--address`` or start a local Ray on loopback, sized to this machine."""
+    if launch.address is None:
+        # Read by Ray at import: keep every local Ray port on 127.0.0.1 (Ray binds all interfaces otherwise).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    import ray
+
+    if launch.address is None:
+        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
+    else:
+        ray.init(address=launch.address, logging_level="WARNING")
+
+
+def _progress_callback(total: int):
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per grid point as results arrive."""
+
+        def __init__(self) -> None:
+            self.seen = 0
+            self.start = time.monotonic()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            status = result.get("status")
+            if status is None:
+                return
+            self.seen += 1
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items()
+                              if k in _progress_callback.metrics and isinstance(v, (int, float)))
+            elapsed = time.monotonic() - self.start
+            print(f"[{self.seen}/{total} {elapsed:6.1f}s] {status:8s} {result.get('point')}"
+                  + (f"  {shown}" if shown else ""), flush=True)
+
+    return Progress()
+
+
+_progress_callback.metrics = ()
+
+
+def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
+    """The parent run: a new one, or with ``--resume`` the one to continue."""
+    study = launch.study
+    if launch.resume:
+        query = f"tags.`{tracking.TAG_KIND}` = 'sweep' and tags.`{tracking.TAG_STUDY}` = '{study.name}'"
+        sweeps = tracking.search_all_runs(client, [experiment_id], query)
+        if launch.resume != "latest":
+            sweeps = [s for s in sweeps if s.info.run_id == launch.resume]
+        if not sweeps:
+            raise UsageError(f"--resume: no {study.name} sweep "
+                             + ("" if launch.resume == "latest" else f"{launch.resume!r} ")
+                             + f"in experiment {launch.experiment!r}")
+        sweep = sweeps[0]
+        recorded = {k[len("grid."):]: v for k, v in sweep.data.params.items() if k.startswith("grid.")}
+        requested = {d: format_value(v) for d, v in launch.grid.items()}
+        if recorded and recorded != requested:
+            raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {recorded}, "
+                             f"this command asks for {requested}")
+        client.update_run(sweep.info.run_id, status="RUNNING")
+        return sweep.info.run_id
+    name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={tracking.TAG_KIND: "sweep", tracking.TAG_STUDY: study.name,
+                                  "robustlab.command": " ".join(sys.argv)[:4000]})
+    sweep_id = run.info.run_id
+    params = {k: format_value(v) for k, v in launch.fixed.items() if k not in study.unlogged_fields}
+    params.update({f"grid.{d}": format_value(v) for d, v in launch.grid.items()})
+    tracking.log_flat(client, sweep_id, params=params,
+                      tags={tracking.TAG_SWEEP: sweep_id, "robustlab.n_points": len(launch.points)})
+    return sweep_id
+
+
+def run_sweep(launch: Launch) -> tuple[int, str]:
+    """Run the launch end to end; returns the exit status (0 when every point finished) and the sweep id."""
+    from mlflow.tracking import MlflowClient
+
+    study = launch.study
+    uri = tracking.resolve_tracking_uri(launch.tracking_uri)
+    prepared = [study.prepare(p) if study.prepare else (p, {}) for p in launch.points]
+    client = MlflowClient(uri)
+    experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
+    sweep_id = _open_sweep(client, launch, experiment_id)
+
+    finished = set()
+    if launch.resume:
+        sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
+        finished = {r.data.tags.get(tracking.TAG_POINT) for r in sweep_tracker.point_runs() if r.info.status == "FINISHED"}
+    pending = [(cfg, extra) for cfg, extra in prepared if study.point_key(cfg) not in finished]
+    print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished), "
+          f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep_id}", flush=True)
+
+    interrupted = False
+    if pending:
+        context = {"study": study.name, "tracking_uri": uri, "experiment_id": experiment_id, "sweep_id": sweep_id}
+        entries = [{"config": asdict(cfg), "extra_params": extra} for cfg, extra in pending]
+        trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, study.points_per_trial)]
+        try:
+            _run_tuner(launch, sweep_id, trials, len(pending))
+        except KeyboardInterrupt:
+            interrupted = True
+
+    sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
+    runs = sweep_tracker.point_runs()
+    done_points = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
+    failed_points = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FAILED"} - done_points
+    all_points = {study.point_key(p) for p in launch.points}
+    n_done = len(done_points & all_points)
+    client.set_terminated(sweep_id, tracking.terminal_status(len(all_points), n_done, interrupted))
+    experiment_url = f"experiment id {experiment_id}"
+    print(f"{study.name}: {n_done}/{len(all_points)} grid points finished in sweep {sweep_id} ({experiment_url})",
+          flush=True)
+    if n_done == len(all_points):
+        return 0, sweep_id
+    missing = len(all_points) - n_done
+    print(f"{study.name}: {missing} grid point(s) did not finish ({len(failed_points)} failed: see the FAILED child "
+          f"runs' 'robustlab.error' tag and error/traceback.txt artifact); continue with --resume {sweep_id}",
+          flush=True)
+    return 1, sweep_id
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _run_tuner(launch: Launch, sweep_id: str, trials: list[dict], n_points: int) -> None:
+    _start_ray(launch)
+    import ray
+    from ray import tune
+
+    study = launch.study
+    _progress_callback.metrics = study.metrics
+    trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
+    storage = launch.storage_path or os.path.expanduser("~/ray_results")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=f"{study.name}-{sweep_id}", storage_path=os.path.abspath(storage), verbose=0,
+            callbacks=[_progress_callback(n_points)],
+            failure_config=tune.FailureConfig(max_failures=launch.max_failures),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        ray.shutdown()
+
+
+def main(study_name: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tune_jobs.<study>``."""
+    study = load_study(study_name)
+    try:
+        launch, _ = parse_launch(study, argv)
+    except UsageError as error:
+        fail_usage(str(error))
+    status, sweep_id = run_sweep(launch)
+    if launch.analyze_out:
+        from analysis.common import run_analysis_main
+
+        argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate"]
+        if launch.tracking_uri:
+            argv += ["--tracking-uri", launch.tracking_uri]
+        status = status or run_analysis_main(study.name, argv)
+    return status
