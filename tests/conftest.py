@@ -1,0 +1,28 @@
+"""Shared fixtures: a fresh SQLite MLflow store and Ray storage folder per test."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A per-test SQLite tracking URI and Ray storage path; the test runs in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "ray": str(tmp_path / "ray"), "dir": tmp_path}
+
+
+def python_env() -> dict[str, str]:
+    """Environment for subprocesses running the project's modules."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,61 @@
+"""Every bad launch value is refused before Ray starts, with a message naming it."""
+
+import subprocess
+import time
+
+import pytest
+
+from conftest import PYTHON, python_env
+from tune_jobs.cli import UsageError, parse_launch
+from tune_jobs.poison_sensitivity import STUDY
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "poison_fraction=0,1.5"], "poison_fraction must be in [0, 1], got 1.5"),
+    (["--grid", "hidden_width=0,32"], "hidden_width must be >= 1, got 0"),
+    (["--grid", "depth=1,2"], "unknown grid dimension 'depth'"),
+    (["--grid", "epochs=1,2"], "use --set epochs=... for a fixed value"),
+    (["--grid", "seed="], "seed needs at least one value"),
+    (["--grid", "seed=1,1"], "seed repeats a value"),
+    (["--grid", "seed"], "--grid takes KEY=VALUE, got 'seed'"),
+    (["--grid", "hidden_width=wide"], "hidden_width: expected int, got 'wide'"),
+    (["--set", "momentum=0.9"], "unknown protocol value 'momentum'"),
+    (["--set", "seed=3"], "it is a grid dimension: use --grid seed=..."),
+    (["--set", "epochs=-5"], "epochs must be >= 1, got -5"),
+    (["--set", "lr=fast"], "lr: expected float, got 'fast'"),
+    (["--cpus-per-trial", "-1"], "--cpus-per-trial must be >= 0, got -1.0"),
+    (["--max-concurrent", "0"], "--max-concurrent must be >= 1, got 0"),
+])
+def test_bad_values_name_the_key_and_value(argv, message):
+    with pytest.raises(UsageError) as error:
+        parse_launch(STUDY, argv)
+    assert message in str(error.value)
+
+
+def test_overrides_reach_the_points():
+    launch, _ = parse_launch(STUDY, ["--grid", "hidden_width=8,16", "--grid", "seed=1", "--set", "epochs=3",
+                                     "--set", "lr=0.1"])
+    assert len(launch.points) == 9 * 2 * 1
+    assert {p.hidden_width for p in launch.points} == {8, 16}
+    assert all(p.epochs == 3 and p.lr == 0.1 and p.seed == 1 for p in launch.points)
+    assert STUDY.point_key(launch.points[0]) == "poison_fraction=0.0 hidden_width=8 seed=1"
+
+
+def test_launcher_exits_2_before_starting_ray(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run([PYTHON, "-m", "tune_jobs.poison_sensitivity", "--grid", "poison_fraction=1.5",
+                           "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                          capture_output=True, text=True, env=python_env(), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "poison_fraction must be in [0, 1], got 1.5" in proc.stderr
+    assert not (tmp_path / "m.db").exists(), "nothing may be created for a refused launch"
+    assert time.monotonic() - started < 60
+
+
+def test_help_documents_the_shared_flags():
+    proc = subprocess.run([PYTHON, "-m", "tune_jobs.poison_sensitivity", "--help"], capture_output=True, text=True,
+                          env=python_env(), timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--grid", "--set", "--tracking-uri", "--experiment", "--address", "--cpus-per-trial",
+                 "--gpus-per-trial", "--max-concurrent", "--max-failures", "--resume", "poison_fraction"):
+        assert flag in proc.stdout
