@@ -62,6 +62,7 @@ class AnalysisOutput:
     table: pd.DataFrame
     findings: list[str]
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # intermediate tables the checks reuse
 
 
 def load_sweep(study: Study, experiment: str, tracking_uri: str | None = None, sweep_id: str | None = None) -> Sweep:

@@ -30,6 +30,59 @@ class PointsFailed(RuntimeError):
 # --------------------------------------------------------------------------- worker
 
 
+class TuneEpochHooks:
+    """:class:`core.trial.EpochHooks` for a long trial: per-epoch MLflow metrics and Ray Tune checkpoints.
+
+    A checkpoint holds the trial's state and its MLflow run id, so a retried or
+    resumed trial continues from its last epoch in the same MLflow run.
+    """
+
+    STATE_FILE = "trial_state.pt"
+
+    def __init__(self, tracker: tracking.SweepTracker, point: str) -> None:
+        self.tracker = tracker
+        self.point = point
+        self.run_id: str | None = None
+        self._state: dict[str, Any] | None = None
+        self.resumed_run_id: str | None = None
+        self._load()
+
+    def _load(self) -> None:
+        import torch
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(os.path.join(folder, self.STATE_FILE), map_location="cpu", weights_only=False)
+        if saved["point"] == self.point:
+            self._state, self.resumed_run_id = saved["state"], saved["run_id"]
+
+    def restore(self) -> dict[str, Any] | None:
+        return self._state
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
+        import tempfile
+
+        import torch
+        from ray import tune
+
+        self.tracker.log_step(self.run_id, epoch, metrics)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"point": self.point, "run_id": self.run_id, "state": state()},
+                       os.path.join(folder, self.STATE_FILE))
+            tune.report({"point": self.point, "status": "epoch", "epoch": epoch, **metrics},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _device(gpus_per_trial: float) -> str:
+    """CUDA when this trial was given a GPU and torch sees one, else CPU."""
+    import torch
+
+    return "cuda" if gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+
+
 def run_points(trial_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: compute the trial's grid points, one MLflow child run each."""
     from ray import tune
@@ -43,20 +96,25 @@ def run_points(trial_config: dict[str, Any]) -> None:
     for index, entry in enumerate(trial_config["points"]):
         config = study.config_type(**entry["config"])
         point = study.point_key(config)
-        done = tracker.finished_run(point)
-        if done is not None:
+        if tracker.finished_run(point) is not None:
             tune.report({"point": point, "status": "skipped", "points_done": index + 1})
             continue
-        run_id = tracker.start(point, {**study.params(config), **entry["extra_params"]})
+        hooks = TuneEpochHooks(tracker, point) if study.checkpoints else None
+        run_id = tracker.start(point, {**study.params(config), **entry["extra_params"]},
+                               resume_run_id=hooks.resumed_run_id if hooks else None)
         try:
             with torch_threads(getattr(config, "torch_threads", 1)):
-                result = study.run_trial(config)
+                if hooks is not None:
+                    hooks.run_id = run_id
+                    result = study.run_trial(config, hooks=hooks, device=_device(context["gpus_per_trial"]))
+                else:
+                    result = study.run_trial(config)
             result.check_finite()
             tracker.finish(run_id, result)
         except Exception as error:  # the point fails; the trial's other points go on
             tracker.fail(run_id, error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
-            tune.report({"point": point, "status": "failed", "points_done": index + 1})
+            tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
             continue
         tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
     if failures:
@@ -84,31 +142,30 @@ def _start_ray(launch: Launch) -> None:
         ray.init(address=launch.address, logging_level="WARNING")
 
 
-def _progress_callback(total: int):
+def _progress_callback(total: int, metrics: Sequence[str]):
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per grid point as results arrive."""
+        """One line per finished grid point (and per epoch of long trials) as results arrive."""
 
         def __init__(self) -> None:
-            self.seen = 0
+            self.points = 0
             self.start = time.monotonic()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             status = result.get("status")
             if status is None:
                 return
-            self.seen += 1
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items()
-                              if k in _progress_callback.metrics and isinstance(v, (int, float)))
-            elapsed = time.monotonic() - self.start
-            print(f"[{self.seen}/{total} {elapsed:6.1f}s] {status:8s} {result.get('point')}"
+            if status != "epoch":
+                self.points += 1
+            shown = ", ".join(f"{k}={result[k]:.4g}" for k in ("epoch", *metrics)
+                              if isinstance(result.get(k), (int, float)))
+            if status == "failed":
+                shown = result.get("error", "")
+            print(f"[{self.points}/{total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
                   + (f"  {shown}" if shown else ""), flush=True)
 
     return Progress()
-
-
-_progress_callback.metrics = ()
 
 
 def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
@@ -149,7 +206,11 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
 
     study = launch.study
     uri = tracking.resolve_tracking_uri(launch.tracking_uri)
-    prepared = [study.prepare(p) if study.prepare else (p, {}) for p in launch.points]
+    try:
+        prepared = [study.prepare(p) if study.prepare else (p, {}) for p in launch.points]
+    except ValueError as error:  # e.g. a user loss that breaks the contract
+        raise UsageError(str(error)) from None
+    tracking.check_reachable(uri)
     client = MlflowClient(uri)
     experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
     sweep_id = _open_sweep(client, launch, experiment_id)
@@ -164,7 +225,10 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
 
     interrupted = False
     if pending:
-        context = {"study": study.name, "tracking_uri": uri, "experiment_id": experiment_id, "sweep_id": sweep_id}
+        context = {"study": study.name, "tracking_uri": uri, "experiment_id": experiment_id, "sweep_id": sweep_id,
+                   "gpus_per_trial": launch.gpus_per_trial}
+        if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
+            pending.sort(key=lambda item: study.cost(item[0]), reverse=True)
         entries = [{"config": asdict(cfg), "extra_params": extra} for cfg, extra in pending]
         trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, study.points_per_trial)]
         try:
@@ -201,7 +265,6 @@ def _run_tuner(launch: Launch, sweep_id: str, trials: list[dict], n_points: int)
     from ray import tune
 
     study = launch.study
-    _progress_callback.metrics = study.metrics
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
     storage = launch.storage_path or os.path.expanduser("~/ray_results")
     tuner = tune.Tuner(
@@ -211,7 +274,7 @@ def _run_tuner(launch: Launch, sweep_id: str, trials: list[dict], n_points: int)
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=f"{study.name}-{sweep_id}", storage_path=os.path.abspath(storage), verbose=0,
-            callbacks=[_progress_callback(n_points)],
+            callbacks=[_progress_callback(n_points, study.metrics)],
             failure_config=tune.FailureConfig(max_failures=launch.max_failures),
         ),
     )
@@ -226,9 +289,9 @@ def main(study_name: str, argv: list[str] | None = None) -> int:
     study = load_study(study_name)
     try:
         launch, _ = parse_launch(study, argv)
-    except UsageError as error:
+        status, sweep_id = run_sweep(launch)
+    except (UsageError, tracking.TrackingUnavailable) as error:
         fail_usage(str(error))
-    status, sweep_id = run_sweep(launch)
     if launch.analyze_out:
         from analysis.common import run_analysis_main
 

@@ -43,6 +43,9 @@ class Study:
                       from Ray Tune checkpoints.
     unlogged_fields:  config fields too bulky to be MLflow params (logged as
                       artifacts instead).
+    cost:             optional relative cost of a point; the runner groups points
+                      of similar cost and starts the most expensive Ray trials
+                      first, so the last trial to finish is a short one.
     prepare:          optional driver-side step run once per point before Ray
                       starts (e.g. load and probe a user's loss); returns the
                       config to ship and extra params to log.
@@ -57,6 +60,7 @@ class Study:
     points_per_trial: int = 1
     checkpoints: bool = False
     unlogged_fields: tuple[str, ...] = ()
+    cost: Callable[[Any], float] | None = None
     prepare: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
     field_help: Mapping[str, str] = field(default_factory=dict)
 
@@ -65,6 +69,8 @@ class Study:
         unknown = set(self.grid) - names
         if unknown:
             raise ValueError(f"grid dimensions {sorted(unknown)} are not fields of {self.config_type.__name__}")
+        if self.checkpoints and self.points_per_trial != 1:
+            raise ValueError("a checkpointing study runs one grid point per Ray trial (points_per_trial=1)")
 
     @property
     def field_types(self) -> dict[str, Any]:

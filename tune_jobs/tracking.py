@@ -67,6 +67,26 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store does not answer; the message names the URI."""
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast, naming ``uri``, when a tracking server does not answer (MLflow's own client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {response.status}")
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingUnavailable(f"tracking server {uri} does not answer: {reason}") from None
+
+
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """For a SQLite store, keep artifacts beside the database (``<db dir>/artifacts/<experiment>``)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -169,6 +189,12 @@ class SweepTracker:
         log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result))
         log_artifacts(self.client, run_id, result.artifacts)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_step(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        """One ``log_batch`` of this step's values (a long trial's per-epoch progress)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                               if math.isfinite(v)])
 
     def fail(self, run_id: str, error: BaseException) -> None:
         """Mark the run FAILED with the message as a tag and the traceback as an artifact."""
