@@ -1,0 +1,187 @@
+"""Analyse an adversarial_scaling sweep from MLflow: ``python -m analysis.adversarial_scaling --help``.
+
+Per dataset and width: mean and std over seeds of clean accuracy and of the
+FGSM / PGD gaps averaged over epsilons; per dataset and attack: Pearson r
+between log10(param_count) and the mean gap, with its two-sided p-value and
+95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.common import AnalysisOutput, Check, Sweep, completeness_checks, group_stats  # noqa: E402
+from core.metrics import pearson_with_ci  # noqa: E402
+
+TABLE_NAME = "robustness_by_width"
+ATTACKS = ("fgsm", "pgd")
+PER_EPSILON = ("fgsm_acc", "pgd_acc", "fgsm_gap", "pgd_gap")
+TOLERANCE = 0.01  # "within noise": one test sample in 400 is 0.0025
+
+
+def per_epsilon(sweep: Sweep) -> pd.DataFrame:
+    """One row per (run, epsilon): the attack accuracies and gaps, read from the runs' histories."""
+    rows = []
+    for run in sweep.runs.itertuples(index=False):
+        series = {key: sweep.history(run.run_id, key) for key in PER_EPSILON}
+        for index, epsilon in enumerate(run.epsilons):
+            rows.append({"run_id": run.run_id, "dataset": run.dataset, "hidden_width": run.hidden_width,
+                         "seed": run.seed, "param_count": run.param_count, "clean_acc": run.clean_acc,
+                         "epsilon": epsilon, **{key: series[key][index] for key in PER_EPSILON}})
+    return pd.DataFrame(rows)
+
+
+def correlations(by_width: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """Per dataset and attack: r(log10 param_count, seed-mean gap) with p and 95% CI."""
+    out: dict[str, dict[str, dict]] = {}
+    for dataset, rows in by_width.groupby("dataset"):
+        out[dataset] = {}
+        for attack in ATTACKS:
+            if len(rows) < 3:
+                out[dataset][attack] = {"r": None, "p_value": None, "ci_low": None, "ci_high": None, "n": len(rows)}
+                continue
+            c = pearson_with_ci(np.log10(rows["param_count"]), rows[f"mean_{attack}_gap_mean"])
+            out[dataset][attack] = {"r": c.r, "p_value": c.p_value, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n}
+    return out
+
+
+def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
+    """Per dataset and attack, in words: do gaps rise or fall with size, and how sure is that."""
+    out = []
+    for dataset, attacks in corr.items():
+        clean = by_width[by_width.dataset == dataset]["clean_acc_mean"]
+        out.append(f"{dataset}: clean accuracy {clean.min():.3f}-{clean.max():.3f} across widths")
+        for attack, c in attacks.items():
+            if c["r"] is None or math.isnan(c["r"]):
+                out.append(f"{dataset} / {attack.upper()}: too few widths for a correlation")
+                continue
+            direction = "rises" if c["r"] > 0 else "falls"
+            certain = "significant at 5%" if c["p_value"] < 0.05 else "not significant at 5%"
+            out.append(f"{dataset} / {attack.upper()}: the mean robustness gap {direction} with model size "
+                       f"(r = {c['r']:.2f}, p = {c['p_value']:.3f}, 95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], "
+                       f"n = {c['n']} widths; {certain})")
+    return out
+
+
+def _width_axis(ax, widths) -> None:
+    """Log-2 x axis labelled with the widths themselves."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(sorted(widths), [str(w) for w in sorted(widths)])
+
+
+def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]:
+    datasets = sorted(evals.dataset.unique())
+    epsilons = sorted(evals.epsilon.unique())
+    colors = dict(zip(epsilons, plt.cm.plasma(np.linspace(0.05, 0.85, len(epsilons)))))
+    per_eps = evals.groupby(["dataset", "hidden_width", "epsilon"])[list(PER_EPSILON) + ["clean_acc"]].mean().reset_index()
+
+    acc, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
+                             layout="constrained")
+    for row, dataset in zip(axes, datasets):
+        for ax, attack in zip(row, ATTACKS):
+            rows = per_eps[per_eps.dataset == dataset]
+            clean = rows.groupby("hidden_width").clean_acc.mean()
+            ax.plot(clean.index, clean.values, "k-o", label="clean")
+            for eps in epsilons:
+                pts = rows[rows.epsilon == eps]
+                ax.plot(pts.hidden_width, pts[f"{attack}_acc"], "-o", color=colors[eps], label=f"ε={eps:g}")
+            ax.set(title=f"{dataset}: clean vs {attack.upper()} accuracy", xlabel="hidden width",
+                   ylabel="accuracy")
+            _width_axis(ax, rows.hidden_width.unique())
+        row[1].legend(fontsize=8)
+
+    gap, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
+                             layout="constrained")
+    for row, dataset in zip(axes, datasets):
+        for ax, attack in zip(row, ATTACKS):
+            rows = per_eps[per_eps.dataset == dataset]
+            for eps in epsilons:
+                pts = rows[rows.epsilon == eps]
+                ax.plot(pts.hidden_width, pts[f"{attack}_gap"], "-o", color=colors[eps], label=f"ε={eps:g}")
+            ax.set(title=f"{dataset}: {attack.upper()} gap (clean − robust)", xlabel="hidden width",
+                   ylabel="robustness gap")
+            _width_axis(ax, rows.hidden_width.unique())
+        row[1].legend(fontsize=8)
+
+    scaling, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False,
+                                  layout="constrained")
+    for ax, dataset in zip(axes[0], datasets):
+        rows = by_width[by_width.dataset == dataset].sort_values("param_count")
+        for attack, marker in zip(ATTACKS, ("o", "s")):
+            ax.errorbar(rows.param_count, rows[f"mean_{attack}_gap_mean"], yerr=rows[f"mean_{attack}_gap_std"],
+                        marker=marker, capsize=3, label=f"{attack.upper()} (mean over ε)")
+        ax.set(xscale="log", xlabel="parameter count", ylabel="mean robustness gap", title=dataset)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.legend()
+    return {"clean_vs_robust.png": acc, "robustness_gap.png": gap, "param_scaling.png": scaling}
+
+
+def analyze(sweep: Sweep) -> AnalysisOutput:
+    """Aggregate per width, correlate with size, tabulate and plot one sweep."""
+    runs = sweep.runs
+    by_width = group_stats(runs, ["dataset", "hidden_width", "param_count"], ["clean_acc", "mean_fgsm_gap", "mean_pgd_gap"])
+    corr = correlations(by_width)
+    evals = per_epsilon(sweep)
+    table = pd.DataFrame([
+        {"dataset": r.dataset, "width": r.hidden_width, "params": f"{r.param_count:,}",
+         "clean acc": f"{r.clean_acc_mean:.3f} ± {r.clean_acc_std:.3f}",
+         "mean FGSM gap": f"{r.mean_fgsm_gap_mean:.3f} ± {r.mean_fgsm_gap_std:.3f}",
+         "mean PGD gap": f"{r.mean_pgd_gap_mean:.3f} ± {r.mean_pgd_gap_std:.3f}", "seeds": r.n_seeds}
+        for r in by_width.itertuples(index=False)
+    ])
+    summary = {
+        "datasets": {
+            dataset: {
+                "widths": rows.drop(columns="dataset").to_dict(orient="records"),
+                "correlations": corr[dataset],
+            }
+            for dataset, rows in by_width.groupby("dataset")
+        },
+        "n_evaluations": len(evals),
+        "per_epsilon": evals.groupby(["dataset", "hidden_width", "epsilon"])[list(PER_EPSILON)].mean().reset_index()
+        .to_dict(orient="records"),
+    }
+    return AnalysisOutput(summary=summary, table=table, findings=findings(by_width, corr),
+                          figures=_plots(evals, by_width), tables={"evaluations": evals})
+
+
+def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
+    """Completeness and sanity of a finished sweep."""
+    evals = output.tables["evaluations"]
+    n_eps = len(sweep.runs.epsilons.iloc[0]) if len(sweep.runs) else 0
+    out = completeness_checks(sweep)
+    out.append(Check("evaluations", len(evals) == sweep.expected_points * n_eps,
+                     f"{len(evals)}/{sweep.expected_points * n_eps} (width, epsilon, seed, dataset) evaluations"))
+    accs = evals[["clean_acc", "fgsm_acc", "pgd_acc"]].to_numpy()
+    out.append(Check("accuracies in [0, 1]", bool(((accs >= 0) & (accs <= 1)).all())))
+    consistent = all(np.allclose(evals.clean_acc - evals[f"{a}_acc"], evals[f"{a}_gap"], atol=1e-9) for a in ATTACKS)
+    out.append(Check("gap = clean - robust", consistent))
+    weaker = evals[evals.pgd_acc > evals.fgsm_acc + TOLERANCE]
+    out.append(Check("PGD at least as strong as FGSM (within 0.01)", weaker.empty,
+                     f"{len(weaker)} evaluations where PGD accuracy exceeds FGSM's by more than {TOLERANCE}"))
+    rising = 0
+    for _, rows in evals.sort_values("epsilon").groupby("run_id"):
+        for attack in ATTACKS:
+            rising += int((np.diff(rows[f"{attack}_acc"].to_numpy()) > TOLERANCE).sum())
+    out.append(Check("robust accuracy non-increasing in epsilon (within 0.01)", rising == 0,
+                     f"{rising} increases larger than {TOLERANCE}"))
+    low = sweep.runs[sweep.runs.clean_acc < 0.8]
+    out.append(Check("clean accuracy >= 0.8 everywhere", low.empty,
+                     ", ".join(low.point.head(5)) or f"min {sweep.runs.clean_acc.min():.3f}"))
+    return out
+
+
+if __name__ == "__main__":
+    from analysis.common import run_analysis_main
+
+    sys.exit(run_analysis_main("adversarial_scaling"))
