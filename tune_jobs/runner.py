@@ -9,6 +9,7 @@ already finished, so retries and ``--resume`` never duplicate a point.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -21,6 +22,9 @@ from core.training import torch_threads
 from tune_jobs import tracking
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
 from tune_jobs.study import Study, format_value, load_study
+
+
+TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
 
 
 class PointsFailed(RuntimeError):
@@ -136,6 +140,8 @@ def _start_ray(launch: Launch) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     import ray
 
+    # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if launch.address is None:
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
     else:
@@ -232,7 +238,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         entries = [{"config": asdict(cfg), "extra_params": extra} for cfg, extra in pending]
         trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, study.points_per_trial)]
         try:
-            _run_tuner(launch, sweep_id, trials, len(pending))
+            _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))
         except KeyboardInterrupt:
             interrupted = True
 
@@ -255,30 +261,52 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     return 1, sweep_id
 
 
+def _experiment_path(client, launch: Launch, sweep_id: str) -> str:
+    """Where Ray Tune keeps this sweep's state: recorded on the parent run so ``--resume`` finds it."""
+    recorded = client.get_run(sweep_id).data.tags.get(TAG_RAY_EXPERIMENT)
+    if launch.resume and recorded:
+        return recorded
+    storage = os.path.abspath(launch.storage_path or os.path.expanduser("~/ray_results"))
+    path = os.path.join(storage, f"{launch.study.name}-{sweep_id}" + (f"-{int(time.time())}" if launch.resume else ""))
+    client.set_tag(sweep_id, TAG_RAY_EXPERIMENT, path)
+    return path
+
+
 def _trial_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _run_tuner(launch: Launch, sweep_id: str, trials: list[dict], n_points: int) -> None:
+def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict], n_points: int) -> None:
+    """Run the trials as a Ray Tune experiment at ``experiment_path``.
+
+    If that experiment exists (a ``--resume`` on the machine that ran it), Ray
+    Tune restores it: finished trials stay finished, interrupted and errored
+    ones continue from their last checkpoint.
+    """
     _start_ray(launch)
     import ray
     from ray import tune
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
-    storage = launch.storage_path or os.path.expanduser("~/ray_results")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(
-            name=f"{study.name}-{sweep_id}", storage_path=os.path.abspath(storage), verbose=0,
-            callbacks=[_progress_callback(n_points, study.metrics)],
-            failure_config=tune.FailureConfig(max_failures=launch.max_failures),
-        ),
-    )
+    callbacks = [_progress_callback(n_points, study.metrics)]
     try:
+        if launch.resume and tune.Tuner.can_restore(experiment_path):
+            print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+            tuner._local_tuner.get_run_config().callbacks = callbacks  # callbacks are not part of the saved state
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search(trials)},
+                tune_config=tune.TuneConfig(max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(
+                    name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path),
+                    verbose=0, callbacks=callbacks,
+                    failure_config=tune.FailureConfig(max_failures=launch.max_failures),
+                ),
+            )
         tuner.fit()
     finally:
         ray.shutdown()

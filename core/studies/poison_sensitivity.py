@@ -7,6 +7,7 @@ Protocol: ``shared/specs/poison_sensitivity.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,7 @@ def run_trial(config: PoisonSensitivityConfig) -> TrialResult:
     shuffle = torch.Generator().manual_seed(config.seed)
     n_train = len(split.train_labels)
     train_loss: list[float] = []
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         order = dataloader_epoch_order(shuffle, n_train)
         loss_sum, n_batches = 0.0, 0
         for start in range(0, n_train, config.batch_size):
@@ -128,6 +129,9 @@ def run_trial(config: PoisonSensitivityConfig) -> TrialResult:
             loss_sum += loss.item()
             n_batches += 1
         train_loss.append(loss_sum / n_batches)
+        if not math.isfinite(train_loss[-1]):
+            raise FloatingPointError(f"train loss became non-finite ({train_loss[-1]}) in epoch {epoch} "
+                                     f"(lr={config.lr}, hidden_width={config.hidden_width})")
 
     train_acc = accuracy(model, split.train_inputs, split.train_labels)
     test_acc = accuracy(model, split.test_inputs, split.test_labels)

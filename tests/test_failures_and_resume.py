@@ -1,0 +1,77 @@
+"""Real failures and real interruptions: failing trials, a SIGKILLed driver, --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, python_env
+from tune_jobs import tracking
+from tune_jobs.runner import main
+
+
+def _children(uri, experiment="poison_sensitivity"):
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+
+
+def test_diverging_trials_end_failed_with_error_and_traceback(store, capsys):
+    status = main("poison_sensitivity", ["--grid", "poison_fraction=0,0.5", "--grid", "hidden_width=8",
+                                         "--grid", "seed=1", "--set", "lr=5", "--set", "epochs=10",
+                                         "--tracking-uri", store["uri"], "--storage-path", store["ray"]])
+    assert status == 1
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "2 grid point(s) did not finish (2 failed" in last_line and "robustlab.error" in last_line
+    children = _children(store["uri"])
+    assert len(children) == 2, "every point is attempted although the first one fails"
+    client = MlflowClient(store["uri"])
+    for run in children:
+        assert run.info.status == "FAILED"
+        assert "train loss became non-finite" in run.data.tags[tracking.TAG_ERROR]
+        traceback_file = client.download_artifacts(run.info.run_id, "error/traceback.txt", str(store["dir"]))
+        assert "FloatingPointError" in open(traceback_file).read()
+    parent = [r for r in client.search_runs([children[0].info.experiment_id]) if r.data.tags.get(tracking.TAG_KIND) == "sweep"]
+    assert parent[0].info.status == "FAILED"
+
+
+def test_sigkilled_driver_resumes_without_loss_or_duplicates(store):
+    command = [PYTHON, "-m", "tune_jobs.poison_sensitivity", "--tracking-uri", store["uri"],
+               "--storage-path", store["ray"]]
+    driver = subprocess.Popen(command, cwd=store["dir"], env=python_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    finished = 0
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+        try:
+            finished = sum(r.info.status == "FINISHED" for r in _children(store["uri"]))
+        except Exception:  # the experiment may not exist yet
+            continue
+        if finished >= 10:
+            break
+    assert driver.poll() is None and finished >= 10, "the sweep must be running with >= 10 finished points"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    killed_at = sum(r.info.status == "FINISHED" for r in _children(store["uri"]))
+    assert killed_at < 81
+
+    out = store["dir"] / "analysis"
+    resumed = subprocess.run(command + ["--resume", "--analyze", str(out)], cwd=store["dir"], env=python_env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"({killed_at} already finished)" in resumed.stdout or "already finished" in resumed.stdout
+    children = _children(store["uri"])
+    finished_points = [r.data.tags[tracking.TAG_POINT] for r in children if r.info.status == "FINISHED"]
+    assert len(finished_points) == 81 and len(set(finished_points)) == 81
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    summary = json.loads((out / "summary.json").read_text())
+    table = {w: (round(e["clean_acc"], 3), round(100 * e["threshold"], 1), round(e["r2"], 3),
+                 round(e["gen_gap_at_max"], 3)) for w, e in summary["widths"].items()}
+    from test_poison_full_table import ONE_THREAD
+
+    assert table == ONE_THREAD, "the resumed sweep gives the uninterrupted sweep's table"

@@ -1,0 +1,71 @@
+"""Sweeps against a real `mlflow server` over HTTP (proxied artifacts), and a tracking URI that does not answer."""
+
+import re
+import socket
+import subprocess
+import time
+
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, python_env
+from analysis.common import run_analysis_main
+from tune_jobs import tracking
+from tune_jobs.runner import main
+from tune_jobs.tracking_server import TrackingServer, _group_alive
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_addresses(port: int) -> set[str]:
+    lines = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout.splitlines()
+    return {m.group(1) for line in lines if (m := re.search(r"\s(\S+):" + str(port) + r"\s", line))}
+
+
+def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    server = TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "server-artifacts"), port=port,
+                            log_file=tmp_path / "server.log")
+    started = time.monotonic()
+    with server:
+        print(f"mlflow server ready in {time.monotonic() - started:.1f} s")
+        assert listening_addresses(port) == {"127.0.0.1"}, "the server listens on loopback only"
+        group = server.process.pid
+        common = ["--tracking-uri", server.uri, "--storage-path", str(tmp_path / "ray")]
+        assert main("poison_sensitivity", ["--grid", "poison_fraction=0,0.5", "--grid", "hidden_width=8",
+                                           "--grid", "seed=1", "--set", "epochs=5", "--experiment", "ps-http",
+                                           *common]) == 0
+        assert run_analysis_main("poison_sensitivity", ["--tracking-uri", server.uri, "--experiment", "ps-http",
+                                                        "--out", str(tmp_path / "ps")]) == 0
+        assert main("adversarial_scaling", ["--grid", "hidden_width=8", "--grid", "seed=1",
+                                            "--set", "max_epochs=5", "--set", "epsilons=0.1",
+                                            "--experiment", "adv-http", *common]) == 0
+        client = MlflowClient(server.uri)
+        for experiment, n_points in (("ps-http", 2), ("adv-http", 2)):
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id
+            trials = tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+            assert len(trials) == n_points and all(r.info.status == "FINISHED" for r in trials)
+            assert all(r.data.params and r.data.metrics for r in trials)
+        adv = tracking.search_all_runs(client, [client.get_experiment_by_name("adv-http").experiment_id],
+                                       "tags.`robustlab.kind` = 'trial'")[0]
+        csv = client.download_artifacts(adv.info.run_id, "robustness.csv", str(tmp_path))
+        assert open(csv).readline().startswith("epsilon,")
+        analysis = tracking.search_all_runs(client, [client.get_experiment_by_name("ps-http").experiment_id],
+                                            "tags.`robustlab.kind` = 'analysis'")
+        assert {"summary.json", "accuracy_vs_poison.png"} <= {a.path for a in client.list_artifacts(analysis[0].info.run_id)}
+        assert (tmp_path / "server-artifacts").exists(), "artifacts went through the server's proxy"
+    assert not _group_alive(group), "stopping the server stops its whole process group"
+
+
+def test_tracking_uri_that_does_not_answer_fails_fast(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run([PYTHON, "-m", "tune_jobs.poison_sensitivity", "--tracking-uri", uri, "--grid", "seed=1"],
+                          capture_output=True, text=True, env=python_env(), cwd=tmp_path, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2 and uri in proc.stderr and "does not answer" in proc.stderr
+    assert elapsed < 15 + 10, f"took {elapsed:.1f} s"  # 15 s budget plus interpreter start-up

@@ -1,0 +1,136 @@
+"""Run an MLflow tracking server for a team: ``python -m tune_jobs.tracking_server --help``.
+
+The server proxies artifacts (``--serve-artifacts``), so Ray workers on other
+machines upload through HTTP and need no shared filesystem. It listens on
+127.0.0.1 unless ``--host`` says otherwise. It runs in its own process group
+and is stopped as a group (``mlflow server`` spawns workers that outlive a
+killed parent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tune_jobs.tracking import DEFAULT_STORE_DIR
+
+
+class TrackingServer:
+    """An ``mlflow server`` child process; a context manager that stops exactly what it started."""
+
+    def __init__(self, backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1",
+                 port: int = 5000, allowed_hosts: str | None = None, log_file: Path | None = None) -> None:
+        self.backend_store_uri = backend_store_uri
+        self.artifacts_destination = artifacts_destination
+        self.host = host
+        self.port = port
+        self.allowed_hosts = allowed_hosts
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> "TrackingServer":
+        """Start the server and wait until ``/health`` answers."""
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
+                   "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
+                   "--host", self.host, "--port", str(self.port), "--workers", "1"]
+        if self.allowed_hosts:
+            command += ["--allowed-hosts", self.allowed_hosts]
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with status {self.process.returncode}"
+                                   + (f"; see {self.log_file}" if self.log_file else ""))
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server at {self.uri} did not answer /health within {timeout_s:.0f} s")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL whatever is left of it."""
+        if self.process is None:
+            return
+        group = self.process.pid
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(group):
+                time.sleep(0.2)
+            if not _group_alive(group):
+                break
+        self.process.wait(timeout=5)
+        self.process = None
+
+    def __enter__(self) -> "TrackingServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tune_jobs.tracking_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    store = Path(DEFAULT_STORE_DIR) / "server"
+    parser.add_argument("--backend-store-uri", default=f"sqlite:///{(store / 'mlflow.db').resolve()}",
+                        help="run metadata: sqlite:///path.db or postgresql://user:pass@host/db (default: %(default)s)")
+    parser.add_argument("--artifacts-destination", default=str((store / "artifacts").resolve()),
+                        help="where the server stores artifacts it receives (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: %(default)s; use the machine's address or 0.0.0.0 "
+                             "for a team, with --allowed-hosts)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    parser.add_argument("--allowed-hosts", default=None,
+                        help="Host headers the server accepts when it listens beyond loopback, e.g. 'mlflow.lab:5000'")
+    args = parser.parse_args(argv)
+    store.mkdir(parents=True, exist_ok=True)
+    server = TrackingServer(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
+                            args.allowed_hosts)
+    server.start()
+    print(f"MLflow tracking server ready at {server.uri} (backend {args.backend_store_uri}); "
+          f"launch sweeps with --tracking-uri {server.uri}. Ctrl-C stops it.", flush=True)
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
