@@ -1,7 +1,7 @@
 """Input-pipeline throughput of the robust_loss harness vs a plain DataLoader, training the same model.
 
 Harness: the data set is one uint8 tensor on the device; each batch is cropped
-(reflect padding 4), flipped and normalized there in one vectorized step
+(reflect padding 4), flipped and normalized there, vectorized over the batch
 (``core.augment``).  Baseline: ``torch.utils.data.DataLoader`` over a Dataset
 whose per-image transform does what torchvision's ``ToTensor``,
 ``RandomCrop(32, padding=4, padding_mode="reflect")``,
@@ -17,8 +17,8 @@ harness / DataLoader ratio within a round (load from other processes on a
 shared machine hits both sides of a pair alike).  Data: random CIFAR-shaped
 images, or CIFAR-10 from ``--data-dir``.
 
-    python benchmarks/robust_loss.py                       # resnet20, workers 0 and 2
-    python benchmarks/robust_loss.py --threads 1 --workers 0 1
+    python benchmarks/robust_loss.py                       # resnet20, 1 thread, workers 0 and 2
+    python benchmarks/robust_loss.py --threads 2 --workers 0 1
 """
 
 from __future__ import annotations
@@ -137,11 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=10_000, help="random CIFAR-shaped images when no --data-dir")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py (real CIFAR-10 train set)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (default 1, the study's torch_threads default; steadier on a shared box)",
+    )
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     device = select_device(args.device)
     if args.data_dir:
         data = load_cifar("cifar10", args.data_dir)

@@ -75,14 +75,15 @@ class Launch:
     resume: str | None
     storage_path: str | None
     analyze_out: str | None
+    switches: dict[str, bool]
 
 
-def build_parser(study: Study, extra_help: str = "") -> argparse.ArgumentParser:
+def build_parser(study: Study) -> argparse.ArgumentParser:
     dims = ", ".join(f"{d} (default {format_value(v)})" for d, v in study.grid.items())
     fixed = ", ".join(f"{k}={format_value(v)}" for k, v in study.defaults().items())
     parser = argparse.ArgumentParser(
         prog=f"python -m tune_jobs.{study.name}",
-        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.{extra_help}",
+        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = parser.add_argument_group("grid and protocol")
@@ -110,8 +111,18 @@ def build_parser(study: Study, extra_help: str = "") -> argparse.ArgumentParser:
     r.add_argument("--max-failures", type=int, default=0, help="retries of a failed Ray trial (default: 0)")
     r.add_argument("--storage-path", default=None,
                    help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results)")
-    parser.add_argument("--analyze", metavar="DIR", default=None,
-                        help="after the sweep, run this study's analysis into DIR and its validation checks")
+    if study.options:
+        s = parser.add_argument_group(f"{study.name} options")
+        for option in study.options:
+            if option.field is None:
+                s.add_argument(option.flag, action="store_true", help=option.help)
+            else:
+                s.add_argument(option.flag, dest=f"set_{option.field}", metavar=option.field.upper(), default=None,
+                               help=option.help + f" (same as --set {option.field}=...)")
+    parser.add_argument("--analyze", metavar="DIR",
+                        default=f"results/{study.name}" if study.analyze_by_default else None,
+                        help="after the sweep, run this study's analysis into DIR and its validation checks"
+                             + (" (default: %(default)s)" if study.analyze_by_default else ""))
     return parser
 
 
@@ -138,6 +149,9 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
             hint = f" (it is a grid dimension: use --grid {key}=...)" if key in study.grid else ""
             raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}")
         fixed[key] = parse_value(study, key, value)
+    for option in study.options:
+        if option.field is not None and getattr(args, f"set_{option.field}") is not None:
+            fixed[option.field] = parse_value(study, option.field, getattr(args, f"set_{option.field}"))
     for name, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
         if value < 0:
             raise UsageError(f"{name} must be >= 0, got {value}")
@@ -156,6 +170,8 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         resume=args.resume, storage_path=args.storage_path, analyze_out=args.analyze,
+        switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
+                  for o in study.options if o.field is None},
     )
     return launch, args
 

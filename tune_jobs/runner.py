@@ -49,6 +49,8 @@ class TuneEpochHooks:
         self.run_id: str | None = None
         self._state: dict[str, Any] | None = None
         self.resumed_run_id: str | None = None
+        self.last_logged: dict[str, float] = {}
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
         self._load()
 
     def _load(self) -> None:
@@ -73,6 +75,7 @@ class TuneEpochHooks:
         from ray import tune
 
         self.tracker.log_step(self.run_id, epoch, metrics)
+        self.last_logged = dict(metrics)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"point": self.point, "run_id": self.run_id, "state": state()},
                        os.path.join(folder, self.STATE_FILE))
@@ -98,14 +101,13 @@ def run_points(trial_config: dict[str, Any]) -> None:
                                     study.name)
     failures = []
     for index, entry in enumerate(trial_config["points"]):
-        config = study.config_type(**entry["config"])
+        config = study.config_type(**entry)
         point = study.point_key(config)
         if tracker.finished_run(point) is not None:
             tune.report({"point": point, "status": "skipped", "points_done": index + 1})
             continue
         hooks = TuneEpochHooks(tracker, point) if study.checkpoints else None
-        run_id = tracker.start(point, {**study.params(config), **entry["extra_params"]},
-                               resume_run_id=hooks.resumed_run_id if hooks else None)
+        run_id = tracker.start(point, study.params(config), resume_run_id=hooks.resumed_run_id if hooks else None)
         try:
             with torch_threads(getattr(config, "torch_threads", 1)):
                 if hooks is not None:
@@ -114,7 +116,7 @@ def run_points(trial_config: dict[str, Any]) -> None:
                 else:
                     result = study.run_trial(config)
             result.check_finite()
-            tracker.finish(run_id, result)
+            tracker.finish(run_id, result, logged=hooks.last_logged if hooks else None)
         except Exception as error:  # the point fails; the trial's other points go on
             tracker.fail(run_id, error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
@@ -213,8 +215,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     study = launch.study
     uri = tracking.resolve_tracking_uri(launch.tracking_uri)
     try:
-        prepared = [study.prepare(p) if study.prepare else (p, {}) for p in launch.points]
-    except ValueError as error:  # e.g. a user loss that breaks the contract
+        prepared = study.prepare(launch.points, launch.switches) if study.prepare else launch.points
+    except ValueError as error:  # e.g. a user loss that breaks the contract, a missing data folder
         raise UsageError(str(error)) from None
     tracking.check_reachable(uri)
     client = MlflowClient(uri)
@@ -225,7 +227,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     if launch.resume:
         sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
         finished = {r.data.tags.get(tracking.TAG_POINT) for r in sweep_tracker.point_runs() if r.info.status == "FINISHED"}
-    pending = [(cfg, extra) for cfg, extra in prepared if study.point_key(cfg) not in finished]
+    pending = [cfg for cfg in prepared if study.point_key(cfg) not in finished]
     print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished), "
           f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep_id}", flush=True)
 
@@ -234,8 +236,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         context = {"study": study.name, "tracking_uri": uri, "experiment_id": experiment_id, "sweep_id": sweep_id,
                    "gpus_per_trial": launch.gpus_per_trial}
         if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
-            pending.sort(key=lambda item: study.cost(item[0]), reverse=True)
-        entries = [{"config": asdict(cfg), "extra_params": extra} for cfg, extra in pending]
+            pending.sort(key=study.cost, reverse=True)
+        entries = [asdict(cfg) for cfg in pending]
         trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, study.points_per_trial)]
         try:
             _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))

@@ -12,7 +12,7 @@ import importlib
 import itertools
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from core.trial import TrialResult
@@ -46,9 +46,15 @@ class Study:
     cost:             optional relative cost of a point; the runner groups points
                       of similar cost and starts the most expensive Ray trials
                       first, so the last trial to finish is a short one.
-    prepare:          optional driver-side step run once per point before Ray
-                      starts (e.g. load and probe a user's loss); returns the
-                      config to ship and extra params to log.
+    options:          study-specific command-line flags (see :class:`Option`).
+    prepare:          optional driver-side step run once before Ray starts, on
+                      all points and the values of the switch options (e.g.
+                      load and probe a user's loss, fetch data); returns the
+                      configs to ship.  A ``ValueError`` is a usage error.
+    analyze_by_default: run the analysis after the sweep even without ``--analyze``.
+
+    A config may define ``params()`` returning the flat, fully resolved values
+    to log; otherwise every field not in ``unlogged_fields`` is logged.
     """
 
     name: str
@@ -61,8 +67,9 @@ class Study:
     checkpoints: bool = False
     unlogged_fields: tuple[str, ...] = ()
     cost: Callable[[Any], float] | None = None
-    prepare: Callable[[Any], tuple[Any, dict[str, Any]]] | None = None
-    field_help: Mapping[str, str] = field(default_factory=dict)
+    options: tuple["Option", ...] = ()
+    prepare: Callable[[list[Any], dict[str, Any]], list[Any]] | None = None
+    analyze_by_default: bool = False
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config_type)}
@@ -103,12 +110,23 @@ class Study:
         return " ".join(f"{d}={format_value(getattr(config, d))}" for d in self.grid)
 
     def params(self, config: Any) -> dict[str, str]:
-        """Flat MLflow params for a point: every logged config field."""
+        """Flat MLflow params for a point."""
+        if hasattr(config, "params"):
+            return {k: format_value(v) for k, v in config.params().items()}
         return {
             f.name: format_value(getattr(config, f.name))
             for f in dataclasses.fields(config)
             if f.name not in self.unlogged_fields
         }
+
+
+@dataclass(frozen=True)
+class Option:
+    """A study-specific flag: an alias of ``--set FIELD=VALUE`` (``field``) or a switch handed to ``prepare``."""
+
+    flag: str
+    help: str
+    field: str | None = None
 
 
 def format_value(value: Any) -> str:

@@ -125,12 +125,20 @@ def log_flat(client: MlflowClient, run_id: str, params: Mapping[str, Any] = (), 
         tag_list = []
 
 
-def result_metrics(result: TrialResult, timestamp_ms: int | None = None) -> list[Metric]:
-    """Final metrics at step 0 plus every history point at its step; non-finite values are dropped."""
-    now = timestamp_ms or int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if math.isfinite(v)]
-    for name, series in result.histories.items():
-        metrics += [Metric(name, float(v), now, step) for step, v in enumerate(series) if math.isfinite(v)]
+def result_metrics(result: TrialResult, logged: Mapping[str, float] | None = None) -> list[Metric]:
+    """Final metrics at step 0 plus every history point at its step; non-finite values are dropped.
+
+    A final metric that is also a history (``test_acc`` measured every epoch)
+    is carried by the history's last point, not logged again at step 0.
+    ``logged`` holds the last values a long trial already logged epoch by
+    epoch: then histories are not logged again, nor finals equal to them.
+    """
+    now = int(time.time() * 1000)
+    last = dict(logged) if logged is not None else {k: v[-1] for k, v in result.histories.items() if v}
+    metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if math.isfinite(v) and last.get(k) != v]
+    if logged is None:
+        for name, series in result.histories.items():
+            metrics += [Metric(name, float(v), now, step) for step, v in enumerate(series) if math.isfinite(v)]
     return metrics
 
 
@@ -175,8 +183,10 @@ class SweepTracker:
         for run in self.point_runs(point):
             if run.info.status == "RUNNING" and run.info.run_id != resume_run_id:
                 self.client.set_terminated(run.info.run_id, "KILLED")
-        if resume_run_id is not None:
+        if resume_run_id is not None:  # a retried or resumed attempt continues its run
             self.client.update_run(resume_run_id, status="RUNNING")
+            if TAG_ERROR in self.client.get_run(resume_run_id).data.tags:
+                self.client.delete_tag(resume_run_id, TAG_ERROR)
             return resume_run_id
         tags = {TAG_PARENT: self.sweep_id, TAG_SWEEP: self.sweep_id, TAG_STUDY: self.study, TAG_KIND: "trial",
                 TAG_POINT: point}
@@ -184,9 +194,9 @@ class SweepTracker:
         log_flat(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
-    def finish(self, run_id: str, result: TrialResult) -> None:
-        """Log the whole result in batches and mark the run FINISHED."""
-        log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result))
+    def finish(self, run_id: str, result: TrialResult, logged: Mapping[str, float] | None = None) -> None:
+        """Log the result in batches and mark the run FINISHED (``logged``: see :func:`result_metrics`)."""
+        log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result, logged))
         log_artifacts(self.client, run_id, result.artifacts)
         self.client.set_terminated(run_id, "FINISHED")
 

@@ -45,3 +45,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 from core.models import mlp as _mlp  # noqa: E402,F401  (registers its builders)
+from core.models import vision as _vision  # noqa: E402,F401  (registers its builders)
