@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+_nll_loss_forward = torch.ops.aten.nll_loss_forward.default
+_nll_loss_backward = torch.ops.aten.nll_loss_backward.grad_input
+_log_softmax_backward = torch.ops.aten._log_softmax_backward_data.out
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input
+
 
 def dataloader_epoch_order(generator: torch.Generator, n: int) -> torch.Tensor:
     """The sample order of one epoch of ``DataLoader(shuffle=True, generator=g)``.
@@ -53,3 +58,154 @@ class torch_threads:
 
     def __exit__(self, *exc) -> None:
         torch.set_num_threads(self.previous)
+
+
+# per batch size: layer outputs, pre-activation gradients and their transposes, log-probabilities, their gradient
+_BatchBuffers = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]
+
+
+class FastMLPTrainer:
+    """Mean cross-entropy training steps for ``Sequential(Linear, ReLU, ..., Linear)``, without autograd.
+
+    Speed only.  Each step calls, in order, the ATen kernels that
+    ``F.cross_entropy(model(x), y).backward()`` calls for this model --
+    addmm, relu, log_softmax, nll_loss and their backward kernels, ``mm`` for
+    the weight and input gradients, ``sum`` for the bias gradients -- then the
+    optimizer update of the subclass (:class:`FastMLPAdam`,
+    :class:`FastMLPSGD`), but writes into buffers allocated once (no
+    allocations, hence no page faults on fresh memory, in the steady state).
+    Parameters and gradients live in two flat vectors; ``params`` and
+    ``grads`` are per-tensor views of them.  The model itself is only
+    updated by :meth:`write_back`.
+
+    With one thread the result is bit-identical to the autograd loop with
+    the matching ``torch.optim`` optimizer (``tests/test_adversarial_core.py``
+    and ``tests/test_poison_core.py`` check it against ``DataLoader`` loops);
+    see the subclasses for the optimizer's own caveats.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = list(model) if isinstance(model, nn.Sequential) else []
+        linears = layers[0::2]
+        if not (
+            linears
+            and len(layers) % 2 == 1
+            and all(isinstance(m, nn.Linear) and m.bias is not None for m in linears)
+            and all(isinstance(m, nn.ReLU) for m in layers[1::2])
+        ):
+            raise ValueError(f"{type(self).__name__} needs Sequential(Linear, ReLU, ..., Linear) with biases")
+        self._model_params = [p for m in linears for p in (m.weight, m.bias)]
+        total = sum(p.numel() for p in self._model_params)
+        dtype = self._model_params[0].dtype
+        self.flat = torch.empty(total, dtype=dtype)
+        self.flat_grad = torch.empty(total, dtype=dtype)
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        offset = 0
+        for p in self._model_params:
+            k = p.numel()
+            self.flat[offset : offset + k].copy_(p.detach().reshape(-1))
+            self.params.append(self.flat[offset : offset + k].view_as(p))
+            self.grads.append(self.flat_grad[offset : offset + k].view_as(p))
+            offset += k
+        self._weights, self._biases = self.params[0::2], self.params[1::2]
+        self._weights_t = [w.t() for w in self._weights]
+        self._weight_grads = self.grads[0::2]
+        self._bias_grads = [g.view(1, -1) for g in self.grads[1::2]]  # sum(..., keepdim=True) shape
+        self._one = torch.ones((), dtype=dtype)
+        self._buffers: dict[int, _BatchBuffers] = {}
+
+    def _batch_buffers(self, n: int) -> _BatchBuffers:
+        if n not in self._buffers:
+            widths = [len(b) for b in self._biases]
+            grads = [self.flat.new_empty(n, w) for w in widths]  # loss gradients w.r.t. the pre-activations
+            self._buffers[n] = (
+                [self.flat.new_empty(n, w) for w in widths],  # layer outputs (after ReLU for hidden layers)
+                grads,
+                [g.t() for g in grads],
+                self.flat.new_empty(n, widths[-1]),  # log-probabilities
+                self.flat.new_empty(n, widths[-1]),  # loss gradient w.r.t. the log-probabilities
+            )
+        return self._buffers[n]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step on the batch; returns its mean cross-entropy (before the step)."""
+        outputs, grads, grads_t, log_probs, grad_log_probs = self._batch_buffers(x.shape[0])
+        last = len(self._weights) - 1
+        h = x
+        for i, (w_t, b) in enumerate(zip(self._weights_t, self._biases)):
+            torch.addmm(b, h, w_t, out=outputs[i])  # = F.linear
+            if i < last:
+                outputs[i].relu_()
+            h = outputs[i]
+        torch._log_softmax(outputs[last], 1, False, out=log_probs)
+        loss, total_weight = _nll_loss_forward(log_probs, y, None, 1, -100)  # mean reduction
+        _nll_loss_backward(self._one, log_probs, y, None, 1, -100, total_weight, grad_input=grad_log_probs)
+        _log_softmax_backward(grad_log_probs, log_probs, 1, log_probs.dtype, out=grads[last])
+        for i in range(last, -1, -1):
+            torch.sum(grads[i], (0,), keepdim=True, out=self._bias_grads[i])
+            torch.mm(grads_t[i], x if i == 0 else outputs[i - 1], out=self._weight_grads[i])
+            if i > 0:
+                torch.mm(grads[i], self._weights[i], out=grads[i - 1])
+                _threshold_backward(grads[i - 1], outputs[i - 1], 0, grad_input=grads[i - 1])
+        self._update()
+        return loss.item()
+
+    def _update(self) -> None:
+        """Apply the optimizer to ``flat`` / ``params`` from ``flat_grad`` / ``grads``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the trained values into the model's parameters."""
+        for param, value in zip(self._model_params, self.params):
+            param.copy_(value)
+
+
+class FastMLPAdam(FastMLPTrainer):
+    """:class:`FastMLPTrainer` with ``torch.optim.Adam`` (single-tensor path, no weight decay / amsgrad).
+
+    Calls Adam's lerp / mul / addcmul / sqrt / div / add / addcdiv once on
+    the flat vector of all parameters instead of once per tensor.  That
+    relies on every parameter tensor starting on a 16-element boundary (two
+    AVX2 vectors) so the elementwise kernels vectorise the same elements as
+    per tensor; it holds when the hidden widths are multiples of 16.  For
+    other widths a few elements may take a scalar path instead, which can
+    change their last bit.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(model)
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.denom = torch.empty_like(self.flat)
+        self.lr, self.beta1, self.beta2, self.eps = lr, betas[0], betas[1], eps
+        self.steps = 0
+
+    def _update(self) -> None:
+        self.steps += 1
+        step_size = self.lr / (1 - self.beta1**self.steps)
+        bias_correction2_sqrt = (1 - self.beta2**self.steps) ** 0.5
+        grad = self.flat_grad
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        torch.sqrt(self.exp_avg_sq, out=self.denom)
+        self.denom.div_(bias_correction2_sqrt).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, self.denom, value=-step_size)
+
+
+class FastMLPSGD(FastMLPTrainer):
+    """:class:`FastMLPTrainer` with plain ``torch.optim.SGD`` (no momentum, dampening or weight decay).
+
+    ``p.add_(grad, alpha=-lr)`` per parameter tensor, as the optimizer's
+    single-tensor path does, so any width is bit-identical.
+    """
+
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        super().__init__(model)
+        self.lr = lr
+
+    def _update(self) -> None:
+        for param, grad in zip(self.params, self.grads):
+            param.add_(grad, alpha=-self.lr)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.poisoning import next_class_flip, random_label_flip
-from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_trial
+from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_trial, train
 from core.synthetic import gaussian_clusters
 from core.training import dataloader_epoch_order
 
@@ -111,6 +111,16 @@ def test_fast_loop_is_bitwise_the_reference_loop():
     assert result.metrics["test_acc"] == reference_acc
     assert len(result.histories["train_loss"]) == 15
     assert result.metrics["gen_gap"] == pytest.approx(result.metrics["train_acc"] - result.metrics["test_acc"])
+
+
+def test_fast_loop_is_bitwise_the_reference_loop_for_width_not_a_multiple_of_16():
+    config = PoisonSensitivityConfig(poison_fraction=0.1, hidden_width=20, seed=3, epochs=4)
+    torch.set_num_threads(1)
+    reference_acc, reference_model = _reference_trial(config)
+    model, train_loss = train(config, make_split(config))
+    assert len(train_loss) == 4
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference_model.parameters()))
+    assert run_trial(config).metrics["test_acc"] == reference_acc
 
 
 def test_same_config_same_numbers():

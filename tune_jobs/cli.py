@@ -72,6 +72,7 @@ class Launch:
     gpus_per_trial: float
     max_concurrent: int | None
     max_failures: int
+    points_per_trial: int
     resume: str | None
     storage_path: str | None
     analyze_out: str | None
@@ -109,6 +110,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     r.add_argument("--max-concurrent", type=int, default=None,
                    help="at most this many Ray trials at once (default: as many as resources allow)")
     r.add_argument("--max-failures", type=int, default=0, help="retries of a failed Ray trial (default: 0)")
+    r.add_argument("--points-per-trial", type=int, default=study.points_per_trial,
+                   help="grid points one Ray trial computes in sequence (default: %(default)s; each point is still "
+                        "its own MLflow run)")
     r.add_argument("--storage-path", default=None,
                    help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results)")
     if study.options:
@@ -159,6 +163,9 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
         raise UsageError("--cpus-per-trial and --gpus-per-trial cannot both be 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.points_per_trial < 1 or (study.checkpoints and args.points_per_trial != 1):
+        raise UsageError(f"--points-per-trial must be {'1 for this checkpointing study' if study.checkpoints else '>= 1'}"
+                         f", got {args.points_per_trial}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
     try:
@@ -169,6 +176,7 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
         study=study, grid=grid, fixed=fixed, points=points, tracking_uri=args.tracking_uri,
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        points_per_trial=args.points_per_trial,
         resume=args.resume, storage_path=args.storage_path, analyze_out=args.analyze,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},

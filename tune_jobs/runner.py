@@ -238,7 +238,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
             pending.sort(key=study.cost, reverse=True)
         entries = [asdict(cfg) for cfg in pending]
-        trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, study.points_per_trial)]
+        trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, launch.points_per_trial)]
         try:
             _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))
         except KeyboardInterrupt:

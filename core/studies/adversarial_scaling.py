@@ -33,10 +33,8 @@ from torch import nn
 from core import synthetic
 from core.attacks import fgsm, pgd
 from core.models import build_model, count_parameters
-from core.training import accuracy, dataloader_epoch_order
+from core.training import FastMLPAdam, accuracy, dataloader_epoch_order
 from core.trial import TrialResult
-
-aten = torch.ops.aten
 
 DATASETS = {"circles": synthetic.circles, "moons": synthetic.moons}
 
@@ -142,113 +140,6 @@ def build_seeded_model(config: AdversarialScalingConfig) -> nn.Module:
         return build_model("mlp", in_features=2, hidden_widths=(config.hidden_width,) * 2, num_classes=2)
 
 
-class _FastAdamMLP:
-    """Cross-entropy + Adam steps for ``Sequential(Linear, ReLU, ..., Linear)``, without autograd.
-
-    Speed only.  Each step calls, in order, the ATen kernels that
-    ``F.cross_entropy(model(x), y).backward()`` and ``torch.optim.Adam``
-    (default betas/eps, single-tensor path) call for this model -- addmm,
-    relu, log_softmax, nll_loss and their backward kernels, ``mm`` for the
-    weight and input gradients, ``sum`` for the bias gradients, then Adam's
-    lerp / mul / addcmul / sqrt / div / add / addcdiv -- but writes into
-    buffers allocated once (no allocations, hence no page faults on fresh
-    memory, in the steady state) and runs Adam once on a flat vector of all
-    parameters instead of once per tensor.
-
-    With one thread the result is bit-identical to the autograd loop
-    (``tests/test_adversarial_core.py`` checks it against a ``DataLoader``
-    loop).  The flat Adam relies on every parameter tensor starting on a
-    16-element boundary (two AVX2 vectors) so the elementwise kernels
-    vectorise the same elements as per tensor; that holds when the hidden
-    widths are multiples of 16 (the whole grid).  For other widths a few elements may take a
-    scalar path instead, which can change their last bit.
-    """
-
-    def __init__(self, model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        layers = list(model) if isinstance(model, nn.Sequential) else []
-        linears = layers[0::2]
-        if not (
-            linears
-            and len(layers) % 2 == 1
-            and all(isinstance(m, nn.Linear) and m.bias is not None for m in linears)
-            and all(isinstance(m, nn.ReLU) for m in layers[1::2])
-        ):
-            raise ValueError("_FastAdamMLP needs Sequential(Linear, ReLU, ..., Linear) with biases")
-        self._model_params = [p for m in linears for p in (m.weight, m.bias)]
-        total = sum(p.numel() for p in self._model_params)
-        dtype = self._model_params[0].dtype
-        self.flat = torch.empty(total, dtype=dtype)
-        self.flat_grad = torch.empty(total, dtype=dtype)
-        views, grad_views, offset = [], [], 0
-        for p in self._model_params:
-            k = p.numel()
-            self.flat[offset : offset + k].copy_(p.detach().reshape(-1))
-            views.append(self.flat[offset : offset + k].view_as(p))
-            grad_views.append(self.flat_grad[offset : offset + k].view_as(p))
-            offset += k
-        self._views = views
-        self.weights, self.biases = views[0::2], views[1::2]
-        self.weight_grads = grad_views[0::2]
-        self.bias_grads = [g.view(1, -1) for g in grad_views[1::2]]  # sum(..., keepdim=True) shape
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
-        self.denom = torch.empty_like(self.flat)
-        self.lr, self.beta1, self.beta2, self.eps = lr, betas[0], betas[1], eps
-        self.steps = 0
-        self._one = torch.ones((), dtype=dtype)
-        self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
-
-    def _batch_buffers(self, n: int):
-        if n not in self._buffers:
-            widths = [len(b) for b in self.biases]
-            self._buffers[n] = (
-                [self.flat.new_empty(n, w) for w in widths],  # layer outputs (after ReLU for hidden layers)
-                [self.flat.new_empty(n, w) for w in widths],  # loss gradients w.r.t. the pre-activations
-                self.flat.new_empty(n, widths[-1]),  # log-probabilities
-                self.flat.new_empty(n, widths[-1]),  # loss gradient w.r.t. the log-probabilities
-            )
-        return self._buffers[n]
-
-    @torch.no_grad()
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One Adam step on the batch; returns its mean cross-entropy (before the step)."""
-        outputs, grads, log_probs, grad_log_probs = self._batch_buffers(len(x))
-        last = len(self.weights) - 1
-        h = x
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            torch.addmm(b, h, w.t(), out=outputs[i])  # = F.linear
-            if i < last:
-                outputs[i].relu_()
-            h = outputs[i]
-        torch._log_softmax(outputs[last], 1, False, out=log_probs)
-        loss, total_weight = aten.nll_loss_forward(log_probs, y, None, 1, -100)  # mean reduction
-        aten.nll_loss_backward.grad_input(self._one, log_probs, y, None, 1, -100, total_weight, grad_input=grad_log_probs)
-        aten._log_softmax_backward_data.out(grad_log_probs, log_probs, 1, log_probs.dtype, out=grads[last])
-        for i in range(last, -1, -1):
-            torch.sum(grads[i], (0,), keepdim=True, out=self.bias_grads[i])
-            torch.mm(grads[i].t(), x if i == 0 else outputs[i - 1], out=self.weight_grads[i])
-            if i > 0:
-                torch.mm(grads[i], self.weights[i], out=grads[i - 1])
-                aten.threshold_backward.grad_input(grads[i - 1], outputs[i - 1], 0, grad_input=grads[i - 1])
-
-        self.steps += 1
-        step_size = self.lr / (1 - self.beta1**self.steps)
-        bias_correction2_sqrt = (1 - self.beta2**self.steps) ** 0.5
-        grad = self.flat_grad
-        self.exp_avg.lerp_(grad, 1 - self.beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        torch.sqrt(self.exp_avg_sq, out=self.denom)
-        self.denom.div_(bias_correction2_sqrt).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, self.denom, value=-step_size)
-        return loss.item()
-
-    @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy the trained values into the model's parameters."""
-        for param, value in zip(self._model_params, self._views):
-            param.copy_(value)
-
-
 def train(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -265,7 +156,7 @@ def train(
     consecutive epochs.
     """
     generator = torch.Generator().manual_seed(config.seed)
-    trainer = _FastAdamMLP(model, config.lr)
+    trainer = FastMLPAdam(model, config.lr)
     n, batch = len(x_train), config.batch_size
     bounds = [(start, min(start + batch, n)) for start in range(0, n, batch)]
     shuffled_x = torch.empty_like(x_train)

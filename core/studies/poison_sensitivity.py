@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from core.models import build_model
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
-from core.training import accuracy, dataloader_epoch_order
+from core.training import FastMLPSGD, accuracy, dataloader_epoch_order
 from core.trial import TrialResult
 
 
@@ -104,35 +104,43 @@ def make_split(config: PoisonSensitivityConfig) -> PoisonedSplit:
     )
 
 
-def run_trial(config: PoisonSensitivityConfig) -> TrialResult:
-    """Train one MLP on the poisoned split and measure it."""
-    split = make_split(config)
+def train(config: PoisonSensitivityConfig, split: PoisonedSplit) -> tuple[nn.Module, list[float]]:
+    """The MLP seeded with ``config.seed``, trained with plain SGD; returns it and the per-epoch mean batch loss.
+
+    Batches follow ``DataLoader(shuffle=True)``'s order for a generator seeded
+    with ``config.seed``; :class:`core.training.FastMLPSGD` makes each step
+    bit-identical to autograd + ``torch.optim.SGD`` (one thread).
+    """
     torch.manual_seed(config.seed)
     model = build_model("mlp", in_features=config.n_features, hidden_widths=(config.hidden_width,),
                         num_classes=config.n_classes)
-    parameters = list(model.parameters())
+    trainer = FastMLPSGD(model, config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     n_train = len(split.train_labels)
+    shuffled_x = torch.empty_like(split.train_inputs)
+    shuffled_y = torch.empty_like(split.train_labels)
     train_loss: list[float] = []
     for epoch in range(config.epochs):
         order = dataloader_epoch_order(shuffle, n_train)
+        torch.index_select(split.train_inputs, 0, order, out=shuffled_x)
+        torch.index_select(split.train_labels, 0, order, out=shuffled_y)
         loss_sum, n_batches = 0.0, 0
         for start in range(0, n_train, config.batch_size):
-            rows = order[start:start + config.batch_size]
-            loss = F.cross_entropy(model(split.train_inputs[rows]), split.train_labels[rows])
-            for p in parameters:
-                p.grad = None
-            loss.backward()
-            with torch.no_grad():
-                for p in parameters:  # plain SGD, as torch.optim.SGD without momentum computes it
-                    p.add_(p.grad, alpha=-config.lr)
-            loss_sum += loss.item()
+            stop = start + config.batch_size
+            loss_sum += trainer.step(shuffled_x[start:stop], shuffled_y[start:stop])
             n_batches += 1
         train_loss.append(loss_sum / n_batches)
         if not math.isfinite(train_loss[-1]):
             raise FloatingPointError(f"train loss became non-finite ({train_loss[-1]}) in epoch {epoch} "
                                      f"(lr={config.lr}, hidden_width={config.hidden_width})")
+    trainer.write_back()
+    return model, train_loss
 
+
+def run_trial(config: PoisonSensitivityConfig) -> TrialResult:
+    """Train one MLP on the poisoned split and measure it."""
+    split = make_split(config)
+    model, train_loss = train(config, split)
     train_acc = accuracy(model, split.train_inputs, split.train_labels)
     test_acc = accuracy(model, split.test_inputs, split.test_labels)
     result = TrialResult(
