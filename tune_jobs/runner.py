@@ -9,12 +9,15 @@ already finished, so retries and ``--resume`` never duplicate a point.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -146,8 +149,9 @@ def _start_ray(launch: Launch) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if launch.address is None:
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
-    else:
-        ray.init(address=launch.address, logging_level="WARNING")
+    else:  # ship this project's packages to every node: no shared filesystem or install of robustlab needed
+        packages = [os.path.dirname(importlib.import_module(name).__file__) for name in ("core", "tune_jobs")]
+        ray.init(address=launch.address, logging_level="WARNING", runtime_env={"py_modules": packages})
 
 
 def _progress_callback(total: int, metrics: Sequence[str]):
@@ -208,9 +212,34 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
     return sweep_id
 
 
+def _open_tracking(launch: Launch, uri: str):
+    """The client, experiment, parent run and (on ``--resume``) the points already finished."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
+    sweep_id = _open_sweep(client, launch, experiment_id)
+    finished = set()
+    if launch.resume:
+        sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, launch.study.name)
+        finished = {r.data.tags.get(tracking.TAG_POINT) for r in sweep_tracker.point_runs() if r.info.status == "FINISHED"}
+    return client, experiment_id, sweep_id, finished
+
+
+def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail fast, naming the address, when a Ray head at HOST:PORT does not answer."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({error})") from None
+
+
 def run_sweep(launch: Launch) -> tuple[int, str]:
     """Run the launch end to end; returns the exit status (0 when every point finished) and the sweep id."""
-    from mlflow.tracking import MlflowClient
+    import ray
 
     study = launch.study
     uri = tracking.resolve_tracking_uri(launch.tracking_uri)
@@ -219,14 +248,13 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     except ValueError as error:  # e.g. a user loss that breaks the contract, a missing data folder
         raise UsageError(str(error)) from None
     tracking.check_reachable(uri)
-    client = MlflowClient(uri)
-    experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
-    sweep_id = _open_sweep(client, launch, experiment_id)
-
-    finished = set()
-    if launch.resume:
-        sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
-        finished = {r.data.tags.get(tracking.TAG_POINT) for r in sweep_tracker.point_runs() if r.info.status == "FINISHED"}
+    _check_ray_address(launch.address)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # Ray's start-up overlaps the tracking store's
+        opening = pool.submit(_open_tracking, launch, uri)
+        try:
+            _start_ray(launch)
+        finally:
+            client, experiment_id, sweep_id, finished = opening.result()
     pending = [cfg for cfg in prepared if study.point_key(cfg) not in finished]
     print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished), "
           f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep_id}", flush=True)
@@ -243,6 +271,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
             _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))
         except KeyboardInterrupt:
             interrupted = True
+    ray.shutdown()
 
     sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
     runs = sweep_tracker.point_runs()
@@ -285,33 +314,28 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict], n_point
     Tune restores it: finished trials stay finished, interrupted and errored
     ones continue from their last checkpoint.
     """
-    _start_ray(launch)
-    import ray
     from ray import tune
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
     callbacks = [_progress_callback(n_points, study.metrics)]
-    try:
-        if launch.resume and tune.Tuner.can_restore(experiment_path):
-            print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-            tuner._local_tuner.get_run_config().callbacks = callbacks  # callbacks are not part of the saved state
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search(trials)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
-                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-                run_config=tune.RunConfig(
-                    name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path),
-                    verbose=0, callbacks=callbacks,
-                    failure_config=tune.FailureConfig(max_failures=launch.max_failures),
-                ),
-            )
-        tuner.fit()
-    finally:
-        ray.shutdown()
+    if launch.resume and tune.Tuner.can_restore(experiment_path):
+        print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # callbacks are not part of the saved state
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(trials)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path),
+                verbose=0, callbacks=callbacks,
+                failure_config=tune.FailureConfig(max_failures=launch.max_failures),
+            ),
+        )
+    tuner.fit()
 
 
 def main(study_name: str, argv: list[str] | None = None) -> int:

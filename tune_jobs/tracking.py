@@ -34,6 +34,7 @@ TAG_KIND = "robustlab.kind"
 TAG_SWEEP = "robustlab.sweep_id"
 TAG_POINT = "robustlab.point"
 TAG_ERROR = "robustlab.error"
+TAG_NODE = "robustlab.node"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 DEFAULT_STORE_DIR = "mlruns"
@@ -152,6 +153,20 @@ def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, Any
         client.log_text(run_id, content, name)
 
 
+def node_address() -> str:
+    """The Ray node this process runs on (its IP address), or the host name outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    import socket
+
+    return socket.gethostname()
+
+
 class SweepTracker:
     """The child runs of one sweep, as seen from a worker: create, finish, fail, find."""
 
@@ -189,7 +204,7 @@ class SweepTracker:
                 self.client.delete_tag(resume_run_id, TAG_ERROR)
             return resume_run_id
         tags = {TAG_PARENT: self.sweep_id, TAG_SWEEP: self.sweep_id, TAG_STUDY: self.study, TAG_KIND: "trial",
-                TAG_POINT: point}
+                TAG_POINT: point, TAG_NODE: node_address()}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=point.replace(" ", ","))
         log_flat(self.client, run.info.run_id, params=params)
         return run.info.run_id
