@@ -79,40 +79,35 @@ def _width_axis(ax, widths) -> None:
     ax.set_xticks(sorted(widths), [str(w) for w in sorted(widths)])
 
 
+def _per_epsilon_figure(per_eps: pd.DataFrame, datasets: list[str], colors: dict, quantity: str, title: str,
+                        ylabel: str) -> plt.Figure:
+    """Rows = datasets, columns = attacks; one line per epsilon of ``<attack>_<quantity>`` against width."""
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
+                                layout="constrained")
+    for row, dataset in zip(axes, datasets):
+        rows = per_eps[per_eps.dataset == dataset]
+        for ax, attack in zip(row, ATTACKS):
+            if quantity == "acc":
+                clean = rows.groupby("hidden_width").clean_acc.mean()
+                ax.plot(clean.index, clean.values, "k-o", label="clean")
+            for eps, color in colors.items():
+                pts = rows[rows.epsilon == eps]
+                ax.plot(pts.hidden_width, pts[f"{attack}_{quantity}"], "-o", color=color, label=f"ε={eps:g}")
+            ax.set(title=title.format(dataset=dataset, attack=attack.upper()), xlabel="hidden width", ylabel=ylabel)
+            _width_axis(ax, rows.hidden_width.unique())
+        row[1].legend(fontsize=8)
+    return figure
+
+
 def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]:
     datasets = sorted(evals.dataset.unique())
     epsilons = sorted(evals.epsilon.unique())
     colors = dict(zip(epsilons, plt.cm.plasma(np.linspace(0.05, 0.85, len(epsilons)))))
     per_eps = evals.groupby(["dataset", "hidden_width", "epsilon"])[list(PER_EPSILON) + ["clean_acc"]].mean().reset_index()
 
-    acc, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
-                             layout="constrained")
-    for row, dataset in zip(axes, datasets):
-        for ax, attack in zip(row, ATTACKS):
-            rows = per_eps[per_eps.dataset == dataset]
-            clean = rows.groupby("hidden_width").clean_acc.mean()
-            ax.plot(clean.index, clean.values, "k-o", label="clean")
-            for eps in epsilons:
-                pts = rows[rows.epsilon == eps]
-                ax.plot(pts.hidden_width, pts[f"{attack}_acc"], "-o", color=colors[eps], label=f"ε={eps:g}")
-            ax.set(title=f"{dataset}: clean vs {attack.upper()} accuracy", xlabel="hidden width",
-                   ylabel="accuracy")
-            _width_axis(ax, rows.hidden_width.unique())
-        row[1].legend(fontsize=8)
-
-    gap, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
-                             layout="constrained")
-    for row, dataset in zip(axes, datasets):
-        for ax, attack in zip(row, ATTACKS):
-            rows = per_eps[per_eps.dataset == dataset]
-            for eps in epsilons:
-                pts = rows[rows.epsilon == eps]
-                ax.plot(pts.hidden_width, pts[f"{attack}_gap"], "-o", color=colors[eps], label=f"ε={eps:g}")
-            ax.set(title=f"{dataset}: {attack.upper()} gap (clean − robust)", xlabel="hidden width",
-                   ylabel="robustness gap")
-            _width_axis(ax, rows.hidden_width.unique())
-        row[1].legend(fontsize=8)
-
+    acc = _per_epsilon_figure(per_eps, datasets, colors, "acc", "{dataset}: clean vs {attack} accuracy", "accuracy")
+    gap = _per_epsilon_figure(per_eps, datasets, colors, "gap", "{dataset}: {attack} gap (clean − robust)",
+                              "robustness gap")
     scaling, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False,
                                   layout="constrained")
     for ax, dataset in zip(axes[0], datasets):
