@@ -44,8 +44,10 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         assert main("adversarial_scaling", ["--grid", "hidden_width=8", "--grid", "seed=1",
                                             "--set", "max_epochs=5", "--set", "epsilons=0.1",
                                             "--experiment", "adv-http", *common]) == 0
+        assert main("robust_loss", ["--grid", "loss=cross_entropy,generalized_ce", "--scale", "smoke",
+                                    "--experiment", "rl-http", "--analyze", str(tmp_path / "rl"), *common]) == 0
         client = MlflowClient(server.uri)
-        for experiment, n_points in (("ps-http", 2), ("adv-http", 2)):
+        for experiment, n_points in (("ps-http", 2), ("adv-http", 2), ("rl-http", 2)):
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
             trials = tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
             assert len(trials) == n_points and all(r.info.status == "FINISHED" for r in trials)
@@ -57,6 +59,10 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         analysis = tracking.search_all_runs(client, [client.get_experiment_by_name("ps-http").experiment_id],
                                             "tags.`robustlab.kind` = 'analysis'")
         assert {"summary.json", "accuracy_vs_poison.png"} <= {a.path for a in client.list_artifacts(analysis[0].info.run_id)}
+        robust = tracking.search_all_runs(client, [client.get_experiment_by_name("rl-http").experiment_id],
+                                          "tags.`robustlab.kind` = 'trial'")[0]
+        assert "poisoned_indices.json" in {a.path for a in client.list_artifacts(robust.info.run_id)}
+        assert len(client.get_metric_history(robust.info.run_id, "test_acc")) == 2
         assert (tmp_path / "server-artifacts").exists(), "artifacts went through the server's proxy"
     assert not _group_alive(group), "stopping the server stops its whole process group"
 

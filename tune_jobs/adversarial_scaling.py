@@ -20,7 +20,7 @@ STUDY = Study(
     },
     run_trial=run_trial,
     metrics=("clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"),
-    points_per_trial=2,
+    points_per_trial=1,
     cost=lambda config: config.hidden_width * (config.hidden_width + 64),
 )
 
