@@ -47,4 +47,4 @@ def test_two_threads_reproduce_the_published_digits(store):
         assert (clean, threshold, r2) == PUBLISHED[width][:3], width
         # Measured here: width 64 gives 0.241 (mean 0.24063) against the published 0.240; the other eight
         # published figures match to the digit.
-        assert abs(gap - PUBLISHED[width][3]) <= 0.001, width
+        assert abs(gap - PUBLISHED[width][3]) <= 0.001 + 1e-9, width

@@ -239,8 +239,6 @@ def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
 
 def run_sweep(launch: Launch) -> tuple[int, str]:
     """Run the launch end to end; returns the exit status (0 when every point finished) and the sweep id."""
-    import ray
-
     study = launch.study
     uri = tracking.resolve_tracking_uri(launch.tracking_uri)
     try:
@@ -271,6 +269,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
             _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))
         except KeyboardInterrupt:
             interrupted = True
+    import ray  # imported by _start_ray, after the loopback switch was set
+
     ray.shutdown()
 
     sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
