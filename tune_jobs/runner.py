@@ -102,15 +102,18 @@ def run_points(trial_config: dict[str, Any]) -> None:
     study = load_study(context["study"])
     tracker = tracking.SweepTracker(context["tracking_uri"], context["experiment_id"], context["sweep_id"],
                                     study.name)
+    ray_trial = tune.get_context().get_trial_id()
+    earlier = tracker.runs_by_point(ray_trial)  # empty unless this trial is retried or restored
     failures = []
     for index, entry in enumerate(trial_config["points"]):
         config = study.config_type(**entry)
         point = study.point_key(config)
-        if tracker.finished_run(point) is not None:
+        if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
             tune.report({"point": point, "status": "skipped", "points_done": index + 1})
             continue
         hooks = TuneEpochHooks(tracker, point) if study.checkpoints else None
-        run_id = tracker.start(point, study.params(config), resume_run_id=hooks.resumed_run_id if hooks else None)
+        run_id = tracker.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
+                               resume_run_id=hooks.resumed_run_id if hooks else None)
         try:
             with torch_threads(getattr(config, "torch_threads", 1)):
                 if hooks is not None:
@@ -143,6 +146,8 @@ def _start_ray(launch: Launch) -> None:
         # Read by Ray at import: keep every local Ray port on 127.0.0.1 (Ray binds all interfaces otherwise).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # MLflow is the record: no per-result JSON/CSV/TensorBoard files from the driver (set it to 0 to get them back).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
     # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
@@ -222,7 +227,11 @@ def _open_tracking(launch: Launch, uri: str):
     finished = set()
     if launch.resume:
         sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, launch.study.name)
-        finished = {r.data.tags.get(tracking.TAG_POINT) for r in sweep_tracker.point_runs() if r.info.status == "FINISHED"}
+        runs = sweep_tracker.point_runs()
+        for run in runs:
+            if run.info.status == "RUNNING":  # the launch that ran it is gone
+                client.set_terminated(run.info.run_id, "KILLED")
+        finished = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
     return client, experiment_id, sweep_id, finished
 
 

@@ -35,6 +35,7 @@ TAG_SWEEP = "robustlab.sweep_id"
 TAG_POINT = "robustlab.point"
 TAG_ERROR = "robustlab.error"
 TAG_NODE = "robustlab.node"
+TAG_RAY_TRIAL = "robustlab.ray_trial"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 DEFAULT_STORE_DIR = "mlruns"
@@ -176,26 +177,29 @@ class SweepTracker:
         self.sweep_id = sweep_id
         self.study = study
 
-    def point_runs(self, point: str | None = None) -> list:
-        """Child runs of this sweep (of one point, if given), newest first."""
+    def point_runs(self, point: str | None = None, ray_trial: str | None = None) -> list:
+        """Child runs of this sweep (of one point, or computed by one Ray trial, if given), newest first."""
         query = f"tags.`{TAG_SWEEP}` = '{self.sweep_id}' and tags.`{TAG_KIND}` = 'trial'"
         if point is not None:
             query += f" and tags.`{TAG_POINT}` = '{point}'"
+        if ray_trial is not None:
+            query += f" and tags.`{TAG_RAY_TRIAL}` = '{ray_trial}'"
         return search_all_runs(self.client, [self.experiment_id], query)
 
-    def finished_run(self, point: str) -> str | None:
-        """Run id of this point's FINISHED child, if one exists."""
-        for run in self.point_runs(point):
-            if run.info.status == "FINISHED":
-                return run.info.run_id
-        return None
+    def runs_by_point(self, ray_trial: str) -> dict[str, list]:
+        """The runs one Ray trial's earlier attempts left (a retry's, a restore's), by point: one search."""
+        found: dict[str, list] = {}
+        for run in self.point_runs(ray_trial=ray_trial):
+            found.setdefault(run.data.tags.get(TAG_POINT), []).append(run)
+        return found
 
-    def start(self, point: str, params: Mapping[str, Any], resume_run_id: str | None = None) -> str:
-        """A RUNNING child run for ``point``; earlier unfinished attempts are marked KILLED.
+    def start(self, point: str, params: Mapping[str, Any], ray_trial: str, earlier: Iterable = (),
+              resume_run_id: str | None = None) -> str:
+        """A RUNNING child run for ``point``; ``earlier`` attempts left RUNNING are marked KILLED.
 
         With ``resume_run_id`` (from a checkpoint) that run is continued instead.
         """
-        for run in self.point_runs(point):
+        for run in earlier:
             if run.info.status == "RUNNING" and run.info.run_id != resume_run_id:
                 self.client.set_terminated(run.info.run_id, "KILLED")
         if resume_run_id is not None:  # a retried or resumed attempt continues its run
@@ -204,7 +208,7 @@ class SweepTracker:
                 self.client.delete_tag(resume_run_id, TAG_ERROR)
             return resume_run_id
         tags = {TAG_PARENT: self.sweep_id, TAG_SWEEP: self.sweep_id, TAG_STUDY: self.study, TAG_KIND: "trial",
-                TAG_POINT: point, TAG_NODE: node_address()}
+                TAG_POINT: point, TAG_NODE: node_address(), TAG_RAY_TRIAL: ray_trial}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=point.replace(" ", ","))
         log_flat(self.client, run.info.run_id, params=params)
         return run.info.run_id
