@@ -9,7 +9,6 @@ between log10(param_count) and the mean gap, with its two-sided p-value and
 from __future__ import annotations
 
 import math
-import sys
 
 import matplotlib
 
@@ -178,5 +177,6 @@ def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
 
 if __name__ == "__main__":
     from analysis.common import run_analysis_main
+    from tune_jobs.cli import exit_process
 
-    sys.exit(run_analysis_main("adversarial_scaling"))
+    exit_process(run_analysis_main("adversarial_scaling"))

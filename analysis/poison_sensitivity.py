@@ -8,7 +8,6 @@ sigmoid fit (L, k, x0, b, R^2), the critical threshold where the fit reaches
 from __future__ import annotations
 
 import math
-import sys
 
 import matplotlib
 
@@ -171,5 +170,6 @@ def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
 
 if __name__ == "__main__":
     from analysis.common import run_analysis_main
+    from tune_jobs.cli import exit_process
 
-    sys.exit(run_analysis_main("poison_sensitivity"))
+    exit_process(run_analysis_main("poison_sensitivity"))

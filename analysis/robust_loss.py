@@ -8,7 +8,6 @@ Plots: test accuracy and poison_fit against epoch, one panel pair per benchmark.
 from __future__ import annotations
 
 import math
-import sys
 
 import matplotlib
 
@@ -106,5 +105,6 @@ def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
 
 if __name__ == "__main__":
     from analysis.common import run_analysis_main
+    from tune_jobs.cli import exit_process
 
-    sys.exit(run_analysis_main("robust_loss"))
+    exit_process(run_analysis_main("robust_loss"))

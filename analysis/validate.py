@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from analysis.common import load_sweep, run_checks, study_analysis
-from tune_jobs.cli import UsageError
+from tune_jobs.cli import UsageError, exit_process
 from tune_jobs.study import STUDY_MODULES, load_study
 
 
@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from tune_jobs.study import Study, format_value
+
+
+def exit_process(status: int) -> NoReturn:
+    """``sys.exit(status)`` for a command's ``__main__``, without the interpreter's last full garbage collection.
+
+    torch, Ray and MLflow leave about a million objects behind; walking them at
+    exit took ~1.5 s here. ``gc.freeze()`` puts them out of the collector's reach;
+    everything is still released as usual by reference counting.
+    """
+    gc.freeze()
+    sys.exit(status)
 
 
 class UsageError(ValueError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from core.studies.poison_sensitivity import PoisonSensitivityConfig, run_trial
 from tune_jobs.study import Study
 
@@ -24,6 +22,7 @@ STUDY = Study(
 )
 
 if __name__ == "__main__":
+    from tune_jobs.cli import exit_process
     from tune_jobs.runner import main
 
-    sys.exit(main(STUDY.name))
+    exit_process(main(STUDY.name))

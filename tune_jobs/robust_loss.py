@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Any
 
 from core.losses import BASELINE_LOSSES, check_loss
@@ -79,6 +78,7 @@ STUDY = Study(
 )
 
 if __name__ == "__main__":
+    from tune_jobs.cli import exit_process
     from tune_jobs.runner import main
 
-    sys.exit(main(STUDY.name))
+    exit_process(main(STUDY.name))
