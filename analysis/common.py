@@ -11,7 +11,6 @@ import importlib
 import json
 import math
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from tune_jobs import tracking
 from tune_jobs.cli import UsageError, parse_value
+from tune_jobs.store import resolve_tracking_uri
 from tune_jobs.study import Study, load_study
 
 
@@ -71,7 +71,7 @@ def load_sweep(study: Study, experiment: str, tracking_uri: str | None = None, s
     Params are converted back to the config's types; a point with several
     FINISHED runs keeps the newest and is reported in ``duplicate_points``.
     """
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

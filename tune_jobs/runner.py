@@ -1,17 +1,16 @@
 """The shared runner: a study's grid -> a Ray Tune run -> one MLflow child run per grid point.
 
-Driver side (:func:`main`): validate the launch, open the MLflow parent run,
-start or join Ray, run the Tuner, then close the parent with a summary.
-Worker side (:func:`run_points`): compute a few grid points in sequence and
-log each one as its own MLflow child run, skipping points an earlier attempt
-already finished, so retries and ``--resume`` never duplicate a point.
+:func:`main` validates the launch, starts or joins Ray while a thread opens the
+MLflow parent run, runs the Tuner over :func:`tune_jobs.worker.run_points`,
+then stops Ray and closes the parent with a summary (and runs ``--analyze``).
+MLflow (:mod:`tune_jobs.tracking`) and the worker module are imported only once
+Ray's start-up is under way, so MLflow's ~2 s import overlaps it.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 import socket
 import sys
@@ -19,121 +18,16 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.training import torch_threads
-from tune_jobs import tracking
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
-from tune_jobs.study import Study, format_value, load_study
+from tune_jobs.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
+from tune_jobs.study import format_value, load_study
 
+if TYPE_CHECKING:
+    from tune_jobs.tracking import SweepTracker
 
 TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
-
-
-class PointsFailed(RuntimeError):
-    """Raised by a Ray trial after all its points ran, when some of them failed."""
-
-
-# --------------------------------------------------------------------------- worker
-
-
-class TuneEpochHooks:
-    """:class:`core.trial.EpochHooks` for a long trial: per-epoch MLflow metrics and Ray Tune checkpoints.
-
-    A checkpoint holds the trial's state and its MLflow run id, so a retried or
-    resumed trial continues from its last epoch in the same MLflow run.
-    """
-
-    STATE_FILE = "trial_state.pt"
-
-    def __init__(self, tracker: tracking.SweepTracker, point: str) -> None:
-        self.tracker = tracker
-        self.point = point
-        self.run_id: str | None = None
-        self._state: dict[str, Any] | None = None
-        self.resumed_run_id: str | None = None
-        self.last_logged: dict[str, float] = {}
-        logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
-        self._load()
-
-    def _load(self) -> None:
-        import torch
-        from ray import tune
-
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            return
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, self.STATE_FILE), map_location="cpu", weights_only=False)
-        if saved["point"] == self.point:
-            self._state, self.resumed_run_id = saved["state"], saved["run_id"]
-
-    def restore(self) -> dict[str, Any] | None:
-        return self._state
-
-    def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
-        import tempfile
-
-        import torch
-        from ray import tune
-
-        self.tracker.log_step(self.run_id, epoch, metrics)
-        self.last_logged = dict(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({"point": self.point, "run_id": self.run_id, "state": state()},
-                       os.path.join(folder, self.STATE_FILE))
-            tune.report({"point": self.point, "status": "epoch", "epoch": epoch, **metrics},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def _device(gpus_per_trial: float) -> str:
-    """CUDA when this trial was given a GPU and torch sees one, else CPU."""
-    import torch
-
-    return "cuda" if gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
-
-
-def run_points(trial_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: compute the trial's grid points, one MLflow child run each."""
-    from ray import tune
-
-    trial_config = trial_config["trial"]
-    context = trial_config["context"]
-    study = load_study(context["study"])
-    tracker = tracking.SweepTracker(context["tracking_uri"], context["experiment_id"], context["sweep_id"],
-                                    study.name)
-    ray_trial = tune.get_context().get_trial_id()
-    earlier = tracker.runs_by_point(ray_trial)  # empty unless this trial is retried or restored
-    failures = []
-    for index, entry in enumerate(trial_config["points"]):
-        config = study.config_type(**entry)
-        point = study.point_key(config)
-        if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
-            tune.report({"point": point, "status": "skipped", "points_done": index + 1})
-            continue
-        hooks = TuneEpochHooks(tracker, point) if study.checkpoints else None
-        run_id = tracker.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
-                               resume_run_id=hooks.resumed_run_id if hooks else None)
-        try:
-            with torch_threads(getattr(config, "torch_threads", 1)):
-                if hooks is not None:
-                    hooks.run_id = run_id
-                    result = study.run_trial(config, hooks=hooks, device=_device(context["gpus_per_trial"]))
-                else:
-                    result = study.run_trial(config)
-            result.check_finite()
-            tracker.finish(run_id, result, logged=hooks.last_logged if hooks else None)
-        except Exception as error:  # the point fails; the trial's other points go on
-            tracker.fail(run_id, error)
-            failures.append(f"{point}: {type(error).__name__}: {error}")
-            tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
-            continue
-        tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
-    if failures:
-        raise PointsFailed(f"{len(failures)} point(s) failed: " + "; ".join(failures))
-
-
-# --------------------------------------------------------------------------- driver
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -145,6 +39,8 @@ def _start_ray(launch: Launch) -> None:
     if launch.address is None:
         # Read by Ray at import: keep every local Ray port on 127.0.0.1 (Ray binds all interfaces otherwise).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray pre-starts one idle task worker per CPU, which Tune's trial actors never use: ~0.7 s of CPU each.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # MLflow is the record: no per-result JSON/CSV/TensorBoard files from the driver (set it to 0 to get them back).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -187,6 +83,8 @@ def _progress_callback(total: int, metrics: Sequence[str]):
 
 def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
     """The parent run: a new one, or with ``--resume`` the one to continue."""
+    from tune_jobs import tracking
+
     study = launch.study
     if launch.resume:
         query = f"tags.`{tracking.TAG_KIND}` = 'sweep' and tags.`{tracking.TAG_STUDY}` = '{study.name}'"
@@ -217,22 +115,20 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
     return sweep_id
 
 
-def _open_tracking(launch: Launch, uri: str):
-    """The client, experiment, parent run and (on ``--resume``) the points already finished."""
-    from mlflow.tracking import MlflowClient
+def _open_tracking(launch: Launch, uri: str) -> tuple[SweepTracker, set[str]]:
+    """The sweep's parent run (opened, or found for ``--resume``) and the points it already finished.
 
-    client = MlflowClient(uri)
+    Runs in a thread while Ray starts: the driver's first MLflow import happens here.
+    """
+    from tune_jobs import tracking
+
+    client = tracking.MlflowClient(uri)
     experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
-    sweep_id = _open_sweep(client, launch, experiment_id)
-    finished = set()
-    if launch.resume:
-        sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, launch.study.name)
-        runs = sweep_tracker.point_runs()
-        for run in runs:
-            if run.info.status == "RUNNING":  # the launch that ran it is gone
-                client.set_terminated(run.info.run_id, "KILLED")
-        finished = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
-    return client, experiment_id, sweep_id, finished
+    sweep = tracking.SweepTracker(uri, experiment_id, _open_sweep(client, launch, experiment_id), launch.study.name)
+    if not launch.resume:
+        return sweep, set()
+    sweep.kill_running()  # the launch that ran them is gone
+    return sweep, sweep.point_outcomes()[0]
 
 
 def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
@@ -247,58 +143,76 @@ def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
 
 
 def run_sweep(launch: Launch) -> tuple[int, str]:
-    """Run the launch end to end; returns the exit status (0 when every point finished) and the sweep id."""
+    """Run the launch end to end, its ``--analyze`` step included; returns the exit status and the sweep id.
+
+    The status is 0 when every point finished (and the analysis passed), else non-zero.
+    """
     study = launch.study
-    uri = tracking.resolve_tracking_uri(launch.tracking_uri)
+    uri = resolve_tracking_uri(launch.tracking_uri)
     try:
         prepared = study.prepare(launch.points, launch.switches) if study.prepare else launch.points
     except ValueError as error:  # e.g. a user loss that breaks the contract, a missing data folder
         raise UsageError(str(error)) from None
-    tracking.check_reachable(uri)
+    check_reachable(uri)
     _check_ray_address(launch.address)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # Ray's start-up overlaps the tracking store's
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the tracking store opens while Ray starts (in this thread)
         opening = pool.submit(_open_tracking, launch, uri)
         try:
             _start_ray(launch)
         finally:
-            client, experiment_id, sweep_id, finished = opening.result()
+            sweep, finished = opening.result()
     pending = [cfg for cfg in prepared if study.point_key(cfg) not in finished]
     print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished), "
-          f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep_id}", flush=True)
+          f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
 
     interrupted = False
     if pending:
-        context = {"study": study.name, "tracking_uri": uri, "experiment_id": experiment_id, "sweep_id": sweep_id,
-                   "gpus_per_trial": launch.gpus_per_trial}
+        context = {"study": study.name, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
+                   "sweep_id": sweep.sweep_id, "gpus_per_trial": launch.gpus_per_trial}
         if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
             pending.sort(key=study.cost, reverse=True)
         entries = [asdict(cfg) for cfg in pending]
         trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, launch.points_per_trial)]
         try:
-            _run_tuner(launch, _experiment_path(client, launch, sweep_id), trials, len(pending))
+            _run_tuner(launch, _experiment_path(sweep.client, launch, sweep.sweep_id), trials, len(pending))
         except KeyboardInterrupt:
             interrupted = True
     import ray  # imported by _start_ray, after the loopback switch was set
 
+    # In this thread, with nothing else running: Ray exits the process if its worker is touched mid-shutdown.
     ray.shutdown()
+    status = _close_sweep(launch, sweep, interrupted)
+    if launch.analyze_out:
+        status = status or _analyze(launch, sweep.sweep_id)
+    return status, sweep.sweep_id
 
-    sweep_tracker = tracking.SweepTracker(uri, experiment_id, sweep_id, study.name)
-    runs = sweep_tracker.point_runs()
-    done_points = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
-    failed_points = {r.data.tags.get(tracking.TAG_POINT) for r in runs if r.info.status == "FAILED"} - done_points
+
+def _close_sweep(launch: Launch, sweep: SweepTracker, interrupted: bool) -> int:
+    """Set the parent run's final status and say how many points finished; 0 when all did, else 1."""
+    study = launch.study
+    done_points, failed_points = sweep.point_outcomes()
     all_points = {study.point_key(p) for p in launch.points}
     n_done = len(done_points & all_points)
-    client.set_terminated(sweep_id, tracking.terminal_status(len(all_points), n_done, interrupted))
-    experiment_url = f"experiment id {experiment_id}"
-    print(f"{study.name}: {n_done}/{len(all_points)} grid points finished in sweep {sweep_id} ({experiment_url})",
-          flush=True)
+    sweep.close(len(all_points), n_done, interrupted)
+    print(f"{study.name}: {n_done}/{len(all_points)} grid points finished in sweep {sweep.sweep_id} "
+          f"(experiment id {sweep.experiment_id})", flush=True)
     if n_done == len(all_points):
-        return 0, sweep_id
+        return 0
     missing = len(all_points) - n_done
     print(f"{study.name}: {missing} grid point(s) did not finish ({len(failed_points)} failed: see the FAILED child "
-          f"runs' 'robustlab.error' tag and error/traceback.txt artifact); continue with --resume {sweep_id}",
+          f"runs' 'robustlab.error' tag and error/traceback.txt artifact); continue with --resume {sweep.sweep_id}",
           flush=True)
-    return 1, sweep_id
+    return 1
+
+
+def _analyze(launch: Launch, sweep_id: str) -> int:
+    """``--analyze DIR``: the study's analysis and validation of this sweep; its exit status."""
+    from analysis.common import run_analysis_main
+
+    argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate"]
+    if launch.tracking_uri:
+        argv += ["--tracking-uri", launch.tracking_uri]
+    return run_analysis_main(launch.study.name, argv)
 
 
 def _experiment_path(client, launch: Launch, sweep_id: str) -> str:
@@ -324,6 +238,8 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict], n_point
     ones continue from their last checkpoint.
     """
     from ray import tune
+
+    from tune_jobs.worker import run_points
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
@@ -352,14 +268,7 @@ def main(study_name: str, argv: list[str] | None = None) -> int:
     study = load_study(study_name)
     try:
         launch, _ = parse_launch(study, argv)
-        status, sweep_id = run_sweep(launch)
-    except (UsageError, tracking.TrackingUnavailable) as error:
+        status, _ = run_sweep(launch)
+    except (UsageError, TrackingUnavailable) as error:
         fail_usage(str(error))
-    if launch.analyze_out:
-        from analysis.common import run_analysis_main
-
-        argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate"]
-        if launch.tracking_uri:
-            argv += ["--tracking-uri", launch.tracking_uri]
-        status = status or run_analysis_main(study.name, argv)
     return status

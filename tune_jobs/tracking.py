@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -38,55 +36,9 @@ TAG_NODE = "robustlab.node"
 TAG_RAY_TRIAL = "robustlab.ray_trial"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
-DEFAULT_STORE_DIR = "mlruns"
 
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The URI to use, absolute so Ray workers (other cwd, other hosts) reach the same store.
-
-    Order: ``uri``, ``$MLFLOW_TRACKING_URI``, then the embedded default
-    ``sqlite:///<cwd>/mlruns/mlflow.db``.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        store = Path.cwd() / DEFAULT_STORE_DIR
-        store.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store / 'mlflow.db'}"
-    if uri.startswith("file:") or urlparse(uri).scheme == "":
-        raise ValueError(
-            f"tracking URI {uri!r}: MLflow 3 no longer supports the file store; use sqlite:///path/mlflow.db "
-            "or an http(s):// tracking server"
-        )
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_absolute():
-            path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
-    return uri
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store does not answer; the message names the URI."""
-
-
-def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, naming ``uri``, when a tracking server does not answer (MLflow's own client retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
-            if response.status != 200:
-                raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {response.status}")
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingUnavailable(f"tracking server {uri} does not answer: {reason}") from None
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -192,6 +144,22 @@ class SweepTracker:
         for run in self.point_runs(ray_trial=ray_trial):
             found.setdefault(run.data.tags.get(TAG_POINT), []).append(run)
         return found
+
+    def point_outcomes(self) -> tuple[set[str], set[str]]:
+        """Points with a FINISHED child run, and points whose runs FAILED with none finished."""
+        runs = self.point_runs()
+        finished = {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FINISHED"}
+        return finished, {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FAILED"} - finished
+
+    def kill_running(self) -> None:
+        """Mark every RUNNING child KILLED (``--resume``: the launch that ran them is gone)."""
+        for run in self.point_runs():
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def close(self, n_points: int, n_finished: int, interrupted: bool) -> None:
+        """End the parent run: FINISHED when every point finished, KILLED when interrupted, else FAILED."""
+        self.client.set_terminated(self.sweep_id, terminal_status(n_points, n_finished, interrupted))
 
     def start(self, point: str, params: Mapping[str, Any], ray_trial: str, earlier: Iterable = (),
               resume_run_id: str | None = None) -> str:
