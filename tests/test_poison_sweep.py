@@ -29,6 +29,8 @@ def test_reduced_sweep_tracked_and_analysed(store):
     assert len(children) == 16
     assert all(c.data.tags[tracking.TAG_PARENT] == sweep_id and c.info.status == "FINISHED" for c in children)
     assert len({c.data.tags[tracking.TAG_POINT] for c in children}) == 16
+    ray_trials = {c.data.tags[tracking.TAG_RAY_TRIAL] for c in children}  # 16 points, 9 per Ray trial (the default)
+    assert len(ray_trials) == 2, ray_trials
     child = children[0]
     for name in ("poison_fraction", "hidden_width", "seed", "epochs", "lr", "batch_size", "n_samples", "torch_threads"):
         assert name in child.data.params
