@@ -17,7 +17,7 @@ STUDY = Study(
     },
     run_trial=run_trial,
     metrics=("train_acc", "train_clean_acc", "test_acc", "gen_gap", "final_train_loss"),
-    points_per_trial=9,
+    points_per_trial=21,
     cost=lambda config: config.epochs * (1.0 + config.hidden_width / 128),
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import socket
 import sys
@@ -30,8 +31,29 @@ if TYPE_CHECKING:
 TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
 
 
-def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+def _trial_slots(launch: Launch) -> int:
+    """How many Ray trials the cluster runs at once with the launch's resources per trial."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0.0) / launch.cpus_per_trial] if launch.cpus_per_trial > 0 else []
+    if launch.gpus_per_trial > 0:
+        fits.append(total.get("GPU", 0.0) / launch.gpus_per_trial)
+    slots = int(min(fits)) if fits else 1
+    if launch.max_concurrent:
+        slots = min(slots, launch.max_concurrent)
+    return max(slots, 1)
+
+
+def _plan_trials(points: list[Any], points_per_trial: int, slots: int) -> list[list[Any]]:
+    """Consecutive runs of ``points`` as Ray trials: at most ``points_per_trial`` each, but at least one
+    trial per slot while there are points to share (no slot idles while another works through a long trial)."""
+    if not points:
+        return []
+    n_trials = min(len(points), max(math.ceil(len(points) / points_per_trial), slots))
+    size, longer = divmod(len(points), n_trials)  # sizes differ by at most one
+    starts = [i * size + min(i, longer) for i in range(n_trials + 1)]
+    return [points[a:b] for a, b in zip(starts, starts[1:])]
 
 
 def _start_ray(launch: Launch) -> None:
@@ -162,17 +184,17 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         finally:
             sweep, finished = opening.result()
     pending = [cfg for cfg in prepared if study.point_key(cfg) not in finished]
-    print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished), "
-          f"tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
+    if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
+        pending.sort(key=study.cost, reverse=True)
+    chunks = _plan_trials([asdict(cfg) for cfg in pending], launch.points_per_trial, _trial_slots(launch))
+    print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished) in {len(chunks)} "
+          f"Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
 
     interrupted = False
     if pending:
         context = {"study": study.name, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
                    "sweep_id": sweep.sweep_id, "gpus_per_trial": launch.gpus_per_trial}
-        if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
-            pending.sort(key=study.cost, reverse=True)
-        entries = [asdict(cfg) for cfg in pending]
-        trials = [{"context": context, "points": chunk} for chunk in _chunks(entries, launch.points_per_trial)]
+        trials = [{"context": context, "points": chunk} for chunk in chunks]
         try:
             _run_tuner(launch, _experiment_path(sweep.client, launch, sweep.sweep_id), trials, len(pending))
         except KeyboardInterrupt:

@@ -37,8 +37,9 @@ class Study:
     run_trial:        ``config -> TrialResult`` (``config, hooks -> TrialResult``
                       when ``checkpoints``).
     metrics:          final metrics every finished child run carries.
-    points_per_trial: grid points one Ray trial computes in sequence (Ray's
-                      per-trial overhead is ~0.4 s; cheap points share a trial).
+    points_per_trial: at most this many grid points per Ray trial, computed in
+                      sequence (Ray's per-trial overhead is ~0.4 s; cheap points
+                      share a trial); fewer when that leaves Ray slots idle.
     checkpoints:      the trial takes :class:`core.trial.EpochHooks` and resumes
                       from Ray Tune checkpoints.
     unlogged_fields:  config fields too bulky to be MLflow params (logged as
