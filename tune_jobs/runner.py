@@ -147,10 +147,7 @@ def _open_tracking(launch: Launch, uri: str) -> tuple[SweepTracker, set[str]]:
     client = tracking.MlflowClient(uri)
     experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
     sweep = tracking.SweepTracker(uri, experiment_id, _open_sweep(client, launch, experiment_id), launch.study.name)
-    if not launch.resume:
-        return sweep, set()
-    sweep.kill_running()  # the launch that ran them is gone
-    return sweep, sweep.point_outcomes()[0]
+    return sweep, sweep.take_over() if launch.resume else set()
 
 
 def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:

@@ -147,15 +147,20 @@ class SweepTracker:
 
     def point_outcomes(self) -> tuple[set[str], set[str]]:
         """Points with a FINISHED child run, and points whose runs FAILED with none finished."""
-        runs = self.point_runs()
-        finished = {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FINISHED"}
-        return finished, {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FAILED"} - finished
+        return self._outcomes(self.point_runs())
 
-    def kill_running(self) -> None:
-        """Mark every RUNNING child KILLED (``--resume``: the launch that ran them is gone)."""
-        for run in self.point_runs():
+    def take_over(self) -> set[str]:
+        """For ``--resume``: mark the children a dead launch left RUNNING KILLED; returns the finished points."""
+        runs = self.point_runs()
+        for run in runs:
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
+        return self._outcomes(runs)[0]
+
+    @staticmethod
+    def _outcomes(runs: list) -> tuple[set[str], set[str]]:
+        finished = {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FINISHED"}
+        return finished, {r.data.tags.get(TAG_POINT) for r in runs if r.info.status == "FAILED"} - finished
 
     def close(self, n_points: int, n_finished: int, interrupted: bool) -> None:
         """End the parent run: FINISHED when every point finished, KILLED when interrupted, else FAILED."""
