@@ -20,6 +20,10 @@ RAY = str(Path(PYTHON).parent / "ray")
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 
 
+# long enough that the first node to boot its worker cannot finish every trial before the other node's is up
+EPOCHS = 4000
+
+
 def _session_pids(session: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -77,7 +81,7 @@ def test_sweep_on_two_nodes_reaches_the_tracking_server(two_node_cluster, tmp_pa
                         log_file=tmp_path / "server.log") as server:
         proc = subprocess.run([PYTHON, "-m", "tune_jobs.poison_sensitivity", "--address", address,
                                "--tracking-uri", server.uri, "--grid", "poison_fraction=0,0.1,0.2,0.3",
-                               "--grid", "hidden_width=8", "--grid", "seed=1,2", "--set", "epochs=300",
+                               "--grid", "hidden_width=8", "--grid", "seed=1,2", "--set", f"epochs={EPOCHS}",
                                "--points-per-trial", "1", "--storage-path", str(tmp_path / "ray")],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -85,7 +89,7 @@ def test_sweep_on_two_nodes_reaches_the_tracking_server(two_node_cluster, tmp_pa
         experiment_id = client.get_experiment_by_name("poison_sensitivity").experiment_id
         runs = tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
         assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
-        assert all(len(client.get_metric_history(r.info.run_id, "train_loss")) == 300 for r in runs)
+        assert all(len(client.get_metric_history(r.info.run_id, "train_loss")) == EPOCHS for r in runs)
         nodes = {r.data.tags[tracking.TAG_NODE] for r in runs}
         assert nodes == {HEAD, WORKER}, f"trials ran on {nodes}"
 
