@@ -4,35 +4,36 @@ Per dataset and width: mean and std over seeds of clean accuracy and of the
 FGSM / PGD gaps averaged over epsilons; per dataset and attack: Pearson r
 between log10(param_count) and the mean gap, with its two-sided p-value and
 95% confidence interval.
+
+SciPy and matplotlib are imported where they are used: a launcher imports
+this module (through the study's declaration) before Ray starts.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
+from record.read import SweepRecord
 
-from analysis.common import AnalysisOutput, Check, Sweep, completeness_checks, group_stats  # noqa: E402
-from core.metrics import pearson_with_ci  # noqa: E402
-
-TABLE_NAME = "robustness_by_width"
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 ATTACKS = ("fgsm", "pgd")
 PER_EPSILON = ("fgsm_acc", "pgd_acc", "fgsm_gap", "pgd_gap")
 TOLERANCE = 0.01  # "within noise": one test sample in 400 is 0.0025
 
 
-def per_epsilon(sweep: Sweep) -> pd.DataFrame:
+def per_epsilon(sweep: SweepRecord) -> pd.DataFrame:
     """One row per (run, epsilon): the attack accuracies and gaps, read from the runs' histories."""
     rows = []
     for run in sweep.runs.itertuples(index=False):
         series = {key: sweep.history(run.run_id, key) for key in PER_EPSILON}
-        for index, epsilon in enumerate(run.epsilons):
+        epsilons = run.epsilons if isinstance(run.epsilons, tuple) else (run.epsilons,)  # an old one-epsilon sweep
+        for index, epsilon in enumerate(epsilons):
             rows.append({"run_id": run.run_id, "dataset": run.dataset, "hidden_width": run.hidden_width,
                          "seed": run.seed, "param_count": run.param_count, "clean_acc": run.clean_acc,
                          "epsilon": epsilon, **{key: series[key][index] for key in PER_EPSILON}})
@@ -41,6 +42,8 @@ def per_epsilon(sweep: Sweep) -> pd.DataFrame:
 
 def correlations(by_width: pd.DataFrame) -> dict[str, dict[str, dict]]:
     """Per dataset and attack: r(log10 param_count, seed-mean gap) with p and 95% CI."""
+    from core.metrics import pearson_with_ci
+
     out: dict[str, dict[str, dict]] = {}
     for dataset, rows in by_width.groupby("dataset"):
         out[dataset] = {}
@@ -73,6 +76,8 @@ def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
 
 def _width_axis(ax, widths) -> None:
     """Log-2 x axis labelled with the widths themselves."""
+    import matplotlib.ticker
+
     ax.set_xscale("log", base=2)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(sorted(widths), [str(w) for w in sorted(widths)])
@@ -81,6 +86,8 @@ def _width_axis(ax, widths) -> None:
 def _per_epsilon_figure(per_eps: pd.DataFrame, datasets: list[str], colors: dict, quantity: str, title: str,
                         ylabel: str) -> plt.Figure:
     """Rows = datasets, columns = attacks; one line per epsilon of ``<attack>_<quantity>`` against width."""
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False, sharey=True,
                                 layout="constrained")
     for row, dataset in zip(axes, datasets):
@@ -99,6 +106,12 @@ def _per_epsilon_figure(per_eps: pd.DataFrame, datasets: list[str], colors: dict
 
 
 def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
     datasets = sorted(evals.dataset.unique())
     epsilons = sorted(evals.epsilon.unique())
     colors = dict(zip(epsilons, plt.cm.plasma(np.linspace(0.05, 0.85, len(epsilons)))))
@@ -120,7 +133,7 @@ def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]
     return {"clean_vs_robust.png": acc, "robustness_gap.png": gap, "param_scaling.png": scaling}
 
 
-def analyze(sweep: Sweep) -> AnalysisOutput:
+def analyze(sweep: SweepRecord) -> AnalysisOutput:
     """Aggregate per width, correlate with size, tabulate and plot one sweep."""
     runs = sweep.runs
     by_width = group_stats(runs, ["dataset", "hidden_width", "param_count"], ["clean_acc", "mean_fgsm_gap", "mean_pgd_gap"])
@@ -149,10 +162,11 @@ def analyze(sweep: Sweep) -> AnalysisOutput:
                           figures=_plots(evals, by_width), tables={"evaluations": evals})
 
 
-def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
+def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
     """Completeness and sanity of a finished sweep."""
     evals = output.tables["evaluations"]
-    n_eps = len(sweep.runs.epsilons.iloc[0]) if len(sweep.runs) else 0
+    epsilons = sweep.fixed.get("epsilons", ())
+    n_eps = len(epsilons) if isinstance(epsilons, tuple) else 1
     out = completeness_checks(sweep)
     out.append(Check("evaluations", len(evals) == sweep.expected_points * n_eps,
                      f"{len(evals)}/{sweep.expected_points * n_eps} (width, epsilon, seed, dataset) evaluations"))
@@ -175,8 +189,9 @@ def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
     return out
 
 
-if __name__ == "__main__":
-    from analysis.common import run_analysis_main
-    from tune_jobs.cli import exit_process
+ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="robustness_by_width")
 
-    exit_process(run_analysis_main("adversarial_scaling"))
+if __name__ == "__main__":
+    from analysis.common import exit_process, run_analysis
+
+    exit_process(run_analysis(ANALYSIS, "adversarial_scaling"))

@@ -7,42 +7,20 @@ any tracking store can be analysed again.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import math
+import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from tune_jobs import tracking
-from tune_jobs.cli import UsageError, parse_value
-from tune_jobs.store import resolve_tracking_uri
-from tune_jobs.study import Study, load_study
-
-
-@dataclass
-class Sweep:
-    """One sweep's parent run and its finished child runs (one row per grid point)."""
-
-    study: Study
-    client: MlflowClient
-    experiment_id: str
-    sweep_id: str
-    parent: Any
-    runs: pd.DataFrame
-    expected_points: int
-    duplicate_points: list[str]
-    unfinished_points: list[str]
-
-    def history(self, run_id: str, key: str) -> list[float]:
-        """A metric's values of one child run, ordered by step."""
-        points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
-        return [m.value for m in points]
+from record.read import SweepNotFound, SweepRecord, read_sweep
 
 
 @dataclass
@@ -65,54 +43,7 @@ class AnalysisOutput:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # intermediate tables the checks reuse
 
 
-def load_sweep(study: Study, experiment: str, tracking_uri: str | None = None, sweep_id: str | None = None) -> Sweep:
-    """The sweep ``sweep_id`` (default: the experiment's latest) with its FINISHED child runs as a table.
-
-    Params are converted back to the config's types; a point with several
-    FINISHED runs keeps the newest and is reported in ``duplicate_points``.
-    """
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise UsageError(f"no experiment {experiment!r} in {uri}")
-    query = f"tags.`{tracking.TAG_KIND}` = 'sweep' and tags.`{tracking.TAG_STUDY}` = '{study.name}'"
-    sweeps = tracking.search_all_runs(client, [found.experiment_id], query)
-    if sweep_id is not None:
-        sweeps = [s for s in sweeps if s.info.run_id == sweep_id]
-    if not sweeps:
-        raise UsageError(f"no {study.name} sweep{' ' + sweep_id if sweep_id else ''} in experiment {experiment!r} ({uri})")
-    parent = sweeps[0]
-    children = tracking.SweepTracker(uri, found.experiment_id, parent.info.run_id, study.name).point_runs()
-    rows, seen, duplicates = [], set(), []
-    for run in children:  # newest first
-        if run.info.status != "FINISHED":
-            continue
-        point = run.data.tags.get(tracking.TAG_POINT)
-        if point in seen:
-            duplicates.append(point)
-            continue
-        seen.add(point)
-        row = {"run_id": run.info.run_id, "point": point}
-        for key, value in run.data.params.items():
-            row[key] = parse_value(study, key, value) if key in study.field_types else _number(value)
-        row.update(run.data.metrics)
-        rows.append(row)
-    unfinished = sorted({r.data.tags.get(tracking.TAG_POINT) for r in children} - seen)
-    grid_sizes = [len(v.split(",")) for k, v in parent.data.params.items() if k.startswith("grid.")]
-    expected = int(parent.data.tags.get("robustlab.n_points", math.prod(grid_sizes) if grid_sizes else len(rows)))
-    return Sweep(study, client, found.experiment_id, parent.info.run_id, parent, pd.DataFrame(rows), expected,
-                 sorted(set(duplicates)), unfinished)
-
-
-def _number(text: str) -> Any:
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        return text
-
-
-def completeness_checks(sweep: Sweep) -> list[Check]:
+def completeness_checks(sweep: SweepRecord) -> list[Check]:
     """Checks every study shares: all grid points finished, once each."""
     n = len(sweep.runs)
     return [
@@ -122,6 +53,21 @@ def completeness_checks(sweep: Sweep) -> list[Check]:
         Check("no duplicate grid points", not sweep.duplicate_points,
               ", ".join(sweep.duplicate_points[:10]) or "none"),
     ]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A study's analysis, declared with the study.
+
+    analyze:    ``sweep -> AnalysisOutput`` (summary, table, findings, figures).
+    checks:     ``sweep, output -> [Check]``: validation of a finished sweep
+                (default: every grid point finished, once).
+    table_name: file name of the main table (``<table_name>.md`` / ``.csv``).
+    """
+
+    analyze: Callable[[SweepRecord], AnalysisOutput]
+    checks: Callable[[SweepRecord, AnalysisOutput], list[Check]] = lambda sweep, output: completeness_checks(sweep)
+    table_name: str = "table"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -166,28 +112,17 @@ def write_outputs(output: AnalysisOutput, out_dir: Path, table_name: str) -> lis
     return paths
 
 
-def log_analysis_run(sweep: Sweep, paths: Sequence[Path], summary: dict[str, Any]) -> str:
-    """An analysis run nested under the sweep's parent, holding the output files as artifacts."""
-    tags = {tracking.TAG_PARENT: sweep.sweep_id, tracking.TAG_SWEEP: sweep.sweep_id,
-            tracking.TAG_STUDY: sweep.study.name, tracking.TAG_KIND: "analysis"}
-    run = sweep.client.create_run(sweep.experiment_id, tags=tags, run_name=f"analysis-{sweep.study.name}")
-    for path in paths:
-        sweep.client.log_artifact(run.info.run_id, str(path))
-    sweep.client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
-
-
-def analysis_parser(study: Study) -> argparse.ArgumentParser:
+def analysis_parser(study: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"python -m analysis.{study.name}",
-        description=f"Analyse a {study.name} sweep read back from MLflow: summary.json, markdown and CSV tables, "
+        prog=f"python -m analysis.{study}",
+        description=f"Analyse a {study} sweep read back from MLflow: summary.json, markdown and CSV tables, "
                     "plots; the files are also logged as an analysis run nested under the sweep.",
     )
-    parser.add_argument("--experiment", default=study.name, help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument("--experiment", default=study, help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--sweep-id", default=None, help="the sweep's parent run id (default: the latest sweep)")
-    parser.add_argument("--out", type=Path, default=Path("results") / study.name,
+    parser.add_argument("--out", type=Path, default=Path("results") / study,
                         help="output folder (default: %(default)s)")
     parser.add_argument("--no-log", action="store_true", help="do not log the outputs back to MLflow")
     parser.add_argument("--validate", action="store_true",
@@ -195,41 +130,86 @@ def analysis_parser(study: Study) -> argparse.ArgumentParser:
     return parser
 
 
-def study_analysis(study_name: str):
-    """The analysis module of a study (defines ``analyze(sweep)`` and ``checks(sweep, output)``)."""
-    return importlib.import_module(f"analysis.{study_name}")
+def read_finished_sweep(study: str, experiment: str, tracking_uri: str | None, sweep_id: str | None) -> SweepRecord:
+    """The sweep to analyse; :class:`SweepNotFound` when there is none or it has no finished runs."""
+    sweep = read_sweep(experiment, tracking_uri, sweep_id, study=study)
+    if sweep.runs.empty:
+        raise SweepNotFound(f"sweep {sweep.sweep_id} in experiment {experiment!r} has no finished runs to analyse")
+    return sweep
 
 
-def run_analysis_main(study_name: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m analysis.<study>``."""
-    study = load_study(study_name)
+def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) -> int:
+    """Read, analyse, write, log and (``--validate``) check one sweep; the command's exit status."""
     args = analysis_parser(study).parse_args(argv)
-    module = study_analysis(study_name)
     try:
-        sweep = load_sweep(study, args.experiment, args.tracking_uri, args.sweep_id)
-        if sweep.runs.empty:
-            raise UsageError(f"sweep {sweep.sweep_id} in experiment {args.experiment!r} has no finished runs to analyse")
-    except UsageError as error:
+        sweep = read_finished_sweep(study, args.experiment, args.tracking_uri, args.sweep_id)
+    except SweepNotFound as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output = module.analyze(sweep)
-    output.summary.update(study=study.name, experiment=args.experiment, sweep_id=sweep.sweep_id,
+    output = analysis.analyze(sweep)
+    output.summary.update(study=study, experiment=args.experiment, sweep_id=sweep.sweep_id,
                           n_finished_runs=len(sweep.runs), n_expected_runs=sweep.expected_points,
                           missing_points=sweep.unfinished_points)
-    paths = write_outputs(output, args.out, table_name=module.TABLE_NAME)
+    paths = write_outputs(output, args.out, table_name=analysis.table_name)
     print(markdown_table(output.table))
     print("\nFindings:\n" + "\n".join(f"- {f}" for f in output.findings))
     if sweep.runs.shape[0] < sweep.expected_points:
         print(f"\nwarning: only {len(sweep.runs)}/{sweep.expected_points} grid points finished; "
               f"missing: {', '.join(sweep.unfinished_points[:10]) or 'never started'}")
     if not args.no_log:
-        run_id = log_analysis_run(sweep, paths, output.summary)
+        from record.write import log_analysis_run
+
+        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths)
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}")
     print(f"outputs in {args.out}/: " + ", ".join(p.name for p in paths))
     if args.validate:
         print(f"\nvalidation of sweep {sweep.sweep_id}:")
-        return run_checks(module.checks(sweep, output))
+        return run_checks(analysis.checks(sweep, output))
     return 0
+
+
+def builtin_analyses() -> dict[str, Analysis]:
+    """The analyses of this package, by study name (each module ``analysis.<study>`` that defines ``ANALYSIS``)."""
+    import analysis
+
+    found = {}
+    for info in pkgutil.iter_modules(analysis.__path__):
+        module = importlib.import_module(f"analysis.{info.name}")
+        if isinstance(getattr(module, "ANALYSIS", None), Analysis):
+            found[info.name] = module.ANALYSIS
+    return found
+
+
+def load_analysis(ref: str) -> tuple[str, Analysis]:
+    """``(study name, Analysis)`` for a built-in study name or ``module[:ATTR]``.
+
+    ``ATTR`` defaults to ``ANALYSIS``, else a study declaration ``STUDY`` that
+    carries an ``analysis`` (its module may import torch).
+    """
+    if ":" not in ref and "." not in ref:
+        known = builtin_analyses()
+        if ref not in known:
+            raise SweepNotFound(f"unknown study {ref!r}; built-in: {', '.join(sorted(known))} (or give module:ATTR)")
+        return ref, known[ref]
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    target = getattr(module, attr or "ANALYSIS", None) or (None if attr else getattr(module, "STUDY", None))
+    if isinstance(target, Analysis):
+        return module_name.rpartition(".")[2], target
+    if isinstance(getattr(target, "analysis", None), Analysis):
+        return target.name, target.analysis
+    raise SweepNotFound(f"{ref} holds no Analysis (nor a study declaration that carries one)")
+
+
+def exit_process(status: int) -> None:
+    """``sys.exit(status)`` for a command's ``__main__``, without the interpreter's last full garbage collection.
+
+    MLflow, pandas (and in launchers torch and Ray) leave up to a million
+    objects behind; walking them at exit took ~1.5 s.  ``gc.freeze()`` puts
+    them out of the collector's reach; reference counting still frees them.
+    """
+    gc.freeze()
+    sys.exit(status)
 
 
 def run_checks(checks: list[Check]) -> int:

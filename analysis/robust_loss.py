@@ -3,22 +3,23 @@
 Rows are losses; per benchmark test_acc / poison_fit / robust_score as mean ±
 std over seeds; the last column is the mean robust_score across benchmarks.
 Plots: test accuracy and poison_fit against epoch, one panel pair per benchmark.
+Reads MLflow only: no torch and no vision data code (matplotlib is imported
+where it is used: a launcher imports this module before Ray starts).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
+from record.read import SweepRecord
 
-from analysis.common import AnalysisOutput, Check, Sweep, completeness_checks, group_stats  # noqa: E402
-
-TABLE_NAME = "leaderboard"
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 METRICS = ("test_acc", "poison_fit", "robust_score")
 
 
@@ -46,7 +47,12 @@ def leaderboard(stats: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={b: f"{b} (test_acc / poison_fit / robust_score)" for b in benchmarks})
 
 
-def _curves(sweep: Sweep) -> dict[str, plt.Figure]:
+def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     runs = sweep.runs
     benchmarks = sorted(runs.benchmark.unique())
     losses = sorted(runs.loss.unique())
@@ -68,7 +74,7 @@ def _curves(sweep: Sweep) -> dict[str, plt.Figure]:
     return {"curves.png": figure}
 
 
-def analyze(sweep: Sweep) -> AnalysisOutput:
+def analyze(sweep: SweepRecord) -> AnalysisOutput:
     """Leaderboard, per-(benchmark, loss) statistics and training curves of one sweep."""
     stats = group_stats(sweep.runs, ["benchmark", "loss"], list(METRICS))
     table = leaderboard(stats)
@@ -90,7 +96,7 @@ def analyze(sweep: Sweep) -> AnalysisOutput:
                           tables={"stats": stats})
 
 
-def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
+def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
     """Completeness and the metric identities of a finished sweep."""
     runs = sweep.runs
     out = completeness_checks(sweep)
@@ -103,8 +109,9 @@ def checks(sweep: Sweep, output: AnalysisOutput) -> list[Check]:
     return out
 
 
-if __name__ == "__main__":
-    from analysis.common import run_analysis_main
-    from tune_jobs.cli import exit_process
+ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="leaderboard")
 
-    exit_process(run_analysis_main("robust_loss"))
+if __name__ == "__main__":
+    from analysis.common import exit_process, run_analysis
+
+    exit_process(run_analysis(ANALYSIS, "robust_loss"))

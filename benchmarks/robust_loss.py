@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from core.augment import DeviceAugmenter
 from core.models import build_model
-from core.studies.robust_loss import select_device
+from core.training import select_device
 from core.vision_data import DATASETS, load_cifar
 
 CIFAR10 = DATASETS["cifar10"]

@@ -4,7 +4,7 @@
     (local Ray start, every grid point, MLflow logging to a fresh SQLite
     store, analysis and validation);
 (b) the same grid points called one after another in this process, no Ray,
-    no MLflow, with each config's ``torch_threads``.
+    no MLflow (each point runs with its config's ``torch_threads``).
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ def end_to_end(study: str, workdir: Path, extra: list[str]) -> float:
 
 def plain_loop(study_name: str) -> tuple[float, int]:
     """Seconds to compute every default grid point in sequence in this process, and how many there were."""
-    from core.training import torch_threads
+    from core.point import PLAIN
     from tune_jobs.study import load_study
 
     study = load_study(study_name)
     points = study.points(study.grid, study.defaults())
     started = time.perf_counter()
     for config in points:
-        with torch_threads(config.torch_threads):
-            study.run_trial(config)
+        study.run_point(config, PLAIN)
     return time.perf_counter() - started, len(points)
 
 

@@ -1,9 +1,15 @@
-"""Small training utilities shared by the studies' protocols."""
+"""Training pieces the studies' protocols share: device choice, accuracy, the MLP fitting routine."""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from core.models import build_model
 
 _nll_loss_forward = torch.ops.aten.nll_loss_forward.default
 _nll_loss_backward = torch.ops.aten.nll_loss_backward.grad_input
@@ -26,16 +32,37 @@ def dataloader_epoch_order(generator: torch.Generator, n: int) -> torch.Tensor:
     return order
 
 
+def select_device(device: torch.device | str | None = None) -> torch.device:
+    """``device`` if usable, with an explicit CUDA index; None means CUDA when available, else CPU.
+
+    Requested CUDA without a GPU falls back to CPU with a warning.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            warnings.warn("CUDA requested but not available; running on CPU", RuntimeWarning, stacklevel=2)
+            return torch.device("cpu")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``predictions`` equal to ``labels`` (0.0 for none), counted exactly."""
+    return int((predictions == labels).sum()) / len(labels) if len(labels) else 0.0
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``inputs`` whose arg-max logit equals ``labels`` (model put in eval mode for the call)."""
+def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Arg-max class of each input, with the model in eval mode for the call."""
     was_training = model.training
     model.eval()
     try:
-        correct = (model(inputs).argmax(dim=1) == labels).sum().item()
+        return model(inputs).argmax(dim=1)
     finally:
         model.train(was_training)
-    return correct / len(labels)
 
 
 class torch_threads:
@@ -213,3 +240,61 @@ class FastMLPSGD(FastMLPTrainer):
     def _update(self) -> None:
         for param, grad in zip(self.params, self.grads):
             param.add_(grad, alpha=-self.lr)
+
+
+OPTIMIZERS = {"sgd": FastMLPSGD, "adam": FastMLPAdam}
+
+
+def seeded_mlp(in_features: int, hidden_widths: Sequence[int], num_classes: int, seed: int) -> nn.Sequential:
+    """The registry's ``mlp``, initialised right after ``torch.manual_seed(seed)`` (the caller's RNG is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model("mlp", in_features=in_features, hidden_widths=tuple(hidden_widths),
+                           num_classes=num_classes)
+
+
+def fit_mlp(model: nn.Sequential, inputs: torch.Tensor, labels: torch.Tensor, *, optimizer: str, lr: float,
+            epochs: int, batch_size: int, shuffle_seed: int, patience: int | None = None,
+            min_delta: float = 0.0) -> list[float]:
+    """Train ``model`` in place on mean cross-entropy; returns the epoch-mean batch loss of every epoch.
+
+    optimizer:    ``"sgd"`` (plain) or ``"adam"`` (default betas / eps), see :data:`OPTIMIZERS`.
+    shuffle_seed: batches follow ``DataLoader(shuffle=True)``'s order for a
+                  generator seeded with it (consecutive batches of
+                  ``batch_size``, the last one smaller).
+    patience:     early stopping: stop once the epoch loss has not fallen more
+                  than ``min_delta`` below the best so far for ``patience``
+                  consecutive epochs (None: train all ``epochs``).
+
+    Each step is bit-identical to autograd plus the ``torch.optim`` optimizer
+    with one thread (see :class:`FastMLPTrainer`).  A non-finite epoch loss
+    raises ``FloatingPointError`` naming the epoch.
+    """
+    trainer = OPTIMIZERS[optimizer](model, lr)
+    generator = torch.Generator().manual_seed(shuffle_seed)
+    n = len(labels)
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    shuffled_x, shuffled_y = torch.empty_like(inputs), torch.empty_like(labels)
+    losses: list[float] = []
+    best, stale = math.inf, 0
+    for epoch in range(epochs):
+        order = dataloader_epoch_order(generator, n)
+        torch.index_select(inputs, 0, order, out=shuffled_x)
+        torch.index_select(labels, 0, order, out=shuffled_y)
+        total = 0.0
+        for start, stop in bounds:
+            total += trainer.step(shuffled_x[start:stop], shuffled_y[start:stop])
+        losses.append(total / len(bounds))
+        if not math.isfinite(losses[-1]):
+            widths = [len(b) for b in trainer.params[1::2]][:-1]
+            raise FloatingPointError(f"train loss became non-finite ({losses[-1]}) in epoch {epoch} "
+                                     f"({optimizer}, lr={lr}, hidden widths {widths})")
+        if patience is not None:
+            if losses[-1] < best - min_delta:
+                best, stale = losses[-1], 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    trainer.write_back()
+    return losses

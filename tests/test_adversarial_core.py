@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.models import count_parameters
+from core.point import PLAIN
 from core.studies.adversarial_scaling import (
     AdversarialScalingConfig,
     build_seeded_model,
     make_data,
-    run_trial,
+    run_point,
     train,
 )
 from core.synthetic import circles, moons
@@ -121,9 +122,9 @@ def test_model_init_is_seeded_and_leaves_global_rng_alone():
         ({"hidden_width": 0}, "hidden_width must be >= 1, got 0"),
         ({"hidden_width": 2.5}, "hidden_width must be an integer, got 2.5"),
         ({"seed": -1}, "seed must be >= 0, got -1"),
-        ({"epsilons": (0.1, -0.1)}, "epsilons must be non-negative, got -0.1"),
-        ({"epsilons": ()}, "epsilons must name at least one value"),
-        ({"epsilons": (0.1, float("nan"))}, "epsilons must be finite numbers, got nan"),
+        ({"epsilons": (0.1, -0.1)}, "epsilons must be >= 0.0, got -0.1"),
+        ({"epsilons": ()}, "epsilons must be a non-empty sequence"),
+        ({"epsilons": (0.1, float("nan"))}, "epsilons must be a finite number, got nan"),
         ({"lr": 0.0}, "lr must be > 0.0, got 0.0"),
         ({"noise": -0.5}, "noise must be >= 0.0, got -0.5"),
         ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
@@ -196,7 +197,7 @@ SMALL = AdversarialScalingConfig("circles", 8, 3, n_samples=300, max_epochs=5, e
 
 
 def test_reduced_trial_is_well_formed():
-    result = run_trial(SMALL)
+    result = run_point(SMALL, PLAIN)
     m = result.metrics
     assert set(m) == {"clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"}
     assert 0.0 <= m["clean_acc"] <= 1.0
@@ -220,7 +221,7 @@ def test_reduced_trial_is_well_formed():
 
 def test_same_config_gives_identical_results_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
-    first, second = run_trial(SMALL), run_trial(dataclasses.replace(SMALL))
+    first, second = run_point(SMALL, PLAIN), run_point(dataclasses.replace(SMALL), PLAIN)
     assert first == second
     assert torch.equal(torch.get_rng_state(), state)
-    assert run_trial(dataclasses.replace(SMALL, seed=4)).histories["train_loss"] != first.histories["train_loss"]
+    assert run_point(dataclasses.replace(SMALL, seed=4), PLAIN).histories["train_loss"] != first.histories["train_loss"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PYTHON, python_env
 from tune_jobs.cli import UsageError, parse_launch
-from tune_jobs.poison_sensitivity import STUDY
+from tune_jobs.studies.poison_sensitivity import STUDY
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -33,9 +33,9 @@ def test_bad_values_name_the_key_and_value(argv, message):
 
 
 def test_negative_epsilon_and_unknown_dataset_are_named():
-    from tune_jobs.adversarial_scaling import STUDY as ADVERSARIAL
+    from tune_jobs.studies.adversarial_scaling import STUDY as ADVERSARIAL
 
-    with pytest.raises(UsageError, match="epsilons must be non-negative, got -0.1"):
+    with pytest.raises(UsageError, match="epsilons must be >= 0.0, got -0.1"):
         parse_launch(ADVERSARIAL, ["--set", "epsilons=0.1,-0.1"])
     with pytest.raises(UsageError, match="dataset must be one of .*got 'spirals'"):
         parse_launch(ADVERSARIAL, ["--grid", "dataset=circles,spirals"])
@@ -44,19 +44,20 @@ def test_negative_epsilon_and_unknown_dataset_are_named():
 def test_analysis_of_an_experiment_without_runs_says_so(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from analysis.common import run_analysis_main
+    from analysis.common import run_analysis
+    from analysis.poison_sensitivity import ANALYSIS
 
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(uri).create_experiment("empty")
     for experiment, message in (("empty", "no poison_sensitivity sweep in experiment 'empty'"),
                                 ("missing", "no experiment 'missing'")):
-        status = run_analysis_main("poison_sensitivity", ["--experiment", experiment, "--tracking-uri", uri,
+        status = run_analysis(ANALYSIS, "poison_sensitivity", ["--experiment", experiment, "--tracking-uri", uri,
                                                           "--out", str(tmp_path / "out")])
         assert status == 2 and message in capsys.readouterr().err
 
 
 def test_overrides_reach_the_points():
-    launch, _ = parse_launch(STUDY, ["--grid", "hidden_width=8,16", "--grid", "seed=1", "--set", "epochs=3",
+    launch = parse_launch(STUDY, ["--grid", "hidden_width=8,16", "--grid", "seed=1", "--set", "epochs=3",
                                      "--set", "lr=0.1"])
     assert len(launch.points) == 9 * 2 * 1
     assert {p.hidden_width for p in launch.points} == {8, 16}

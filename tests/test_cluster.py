@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, python_env
 from test_tracking_server import free_port
-from tune_jobs import tracking
+from record import schema
+from record.runs import search_all_runs
 from tune_jobs.tracking_server import TrackingServer
 
 RAY = str(Path(PYTHON).parent / "ray")
@@ -87,10 +88,10 @@ def test_sweep_on_two_nodes_reaches_the_tracking_server(two_node_cluster, tmp_pa
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         client = MlflowClient(server.uri)
         experiment_id = client.get_experiment_by_name("poison_sensitivity").experiment_id
-        runs = tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+        runs = search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
         assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
         assert all(len(client.get_metric_history(r.info.run_id, "train_loss")) == EPOCHS for r in runs)
-        nodes = {r.data.tags[tracking.TAG_NODE] for r in runs}
+        nodes = {r.data.tags[schema.TAG_NODE] for r in runs}
         assert nodes == {HEAD, WORKER}, f"trials ran on {nodes}"
 
 

@@ -8,7 +8,8 @@ import time
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, python_env
-from tune_jobs import tracking
+from record import schema
+from record.runs import search_all_runs
 
 EPOCHS = 1500
 
@@ -51,11 +52,11 @@ def test_sixteen_concurrent_trials_on_the_default_store_lose_nothing(tmp_path):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("poison_sensitivity")
     assert experiment.artifact_location.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
-    runs = tracking.search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'trial'")
+    runs = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'trial'")
     assert len(runs) == 16 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "train_loss")
-        assert sorted(m.step for m in history) == list(range(EPOCHS)), run.data.tags[tracking.TAG_POINT]
+        assert sorted(m.step for m in history) == list(range(EPOCHS)), run.data.tags[schema.TAG_POINT]
         assert len(run.data.params) >= 14 and len(run.data.metrics) >= 5
     spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
     overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)

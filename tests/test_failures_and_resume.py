@@ -9,14 +9,15 @@ import time
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, python_env
-from tune_jobs import tracking
+from record import schema
+from record.runs import search_all_runs
 from tune_jobs.runner import main
 
 
 def _children(uri, experiment="poison_sensitivity"):
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return tracking.search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+    return search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
 
 
 def test_diverging_trials_end_failed_with_error_and_traceback(store, capsys):
@@ -31,10 +32,10 @@ def test_diverging_trials_end_failed_with_error_and_traceback(store, capsys):
     client = MlflowClient(store["uri"])
     for run in children:
         assert run.info.status == "FAILED"
-        assert "train loss became non-finite" in run.data.tags[tracking.TAG_ERROR]
+        assert "train loss became non-finite" in run.data.tags[schema.TAG_ERROR]
         traceback_file = client.download_artifacts(run.info.run_id, "error/traceback.txt", str(store["dir"]))
         assert "FloatingPointError" in open(traceback_file).read()
-    parent = [r for r in client.search_runs([children[0].info.experiment_id]) if r.data.tags.get(tracking.TAG_KIND) == "sweep"]
+    parent = [r for r in client.search_runs([children[0].info.experiment_id]) if r.data.tags.get(schema.TAG_KIND) == "sweep"]
     assert parent[0].info.status == "FAILED"
 
 
@@ -65,7 +66,7 @@ def test_sigkilled_driver_resumes_without_loss_or_duplicates(store):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"({killed_at} already finished)" in resumed.stdout or "already finished" in resumed.stdout
     children = _children(store["uri"])
-    finished_points = [r.data.tags[tracking.TAG_POINT] for r in children if r.info.status == "FINISHED"]
+    finished_points = [r.data.tags[schema.TAG_POINT] for r in children if r.info.status == "FINISHED"]
     assert len(finished_points) == 81 and len(set(finished_points)) == 81
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
     summary = json.loads((out / "summary.json").read_text())

@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.poisoning import next_class_flip, random_label_flip
-from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_trial, train
+from core.point import PLAIN
+from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_point, train
 from core.synthetic import gaussian_clusters
 from core.training import dataloader_epoch_order
 
@@ -107,7 +108,7 @@ def test_fast_loop_is_bitwise_the_reference_loop():
     config = PoisonSensitivityConfig(poison_fraction=0.2, hidden_width=32, seed=7, epochs=15)
     torch.set_num_threads(1)
     reference_acc, _ = _reference_trial(config)
-    result = run_trial(config)
+    result = run_point(config, PLAIN)
     assert result.metrics["test_acc"] == reference_acc
     assert len(result.histories["train_loss"]) == 15
     assert result.metrics["gen_gap"] == pytest.approx(result.metrics["train_acc"] - result.metrics["test_acc"])
@@ -120,12 +121,12 @@ def test_fast_loop_is_bitwise_the_reference_loop_for_width_not_a_multiple_of_16(
     model, train_loss = train(config, make_split(config))
     assert len(train_loss) == 4
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference_model.parameters()))
-    assert run_trial(config).metrics["test_acc"] == reference_acc
+    assert run_point(config, PLAIN).metrics["test_acc"] == reference_acc
 
 
 def test_same_config_same_numbers():
     config = PoisonSensitivityConfig(poison_fraction=0.1, hidden_width=16, seed=3, epochs=5)
-    assert run_trial(config) == run_trial(config)
+    assert run_point(config, PLAIN) == run_point(config, PLAIN)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -4,10 +4,12 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from analysis.common import load_sweep, run_analysis_main
-from analysis.poison_sensitivity import analyze, checks
-from tune_jobs import tracking
-from tune_jobs.poison_sensitivity import STUDY
+from analysis.common import run_analysis
+from analysis.poison_sensitivity import ANALYSIS
+from record import schema
+from record.runs import search_all_runs
+from record.read import read_sweep
+from tune_jobs.studies.poison_sensitivity import STUDY
 from tune_jobs.runner import main
 
 GRID = ["--grid", "poison_fraction=0,0.2,0.4,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
@@ -20,16 +22,16 @@ def test_reduced_sweep_tracked_and_analysed(store):
     assert status == 0
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name("ps-test")
-    runs = tracking.search_all_runs(client, [experiment.experiment_id], "")
-    parents = [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.TAG_KIND) == "trial"]
+    runs = search_all_runs(client, [experiment.experiment_id], "")
+    parents = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     sweep_id = parents[0].info.run_id
     assert parents[0].data.params["grid.hidden_width"] == "16,32" and parents[0].data.params["epochs"] == "30"
     assert len(children) == 16
-    assert all(c.data.tags[tracking.TAG_PARENT] == sweep_id and c.info.status == "FINISHED" for c in children)
-    assert len({c.data.tags[tracking.TAG_POINT] for c in children}) == 16
-    ray_trials = {c.data.tags[tracking.TAG_RAY_TRIAL] for c in children}  # 16 points, 9 per Ray trial (the default)
+    assert all(c.data.tags[schema.TAG_PARENT] == sweep_id and c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags[schema.TAG_POINT] for c in children}) == 16
+    ray_trials = {c.data.tags[schema.TAG_RAY_TRIAL] for c in children}  # 16 points, one Ray trial per CPU (2)
     assert len(ray_trials) == 2, ray_trials
     child = children[0]
     for name in ("poison_fraction", "hidden_width", "seed", "epochs", "lr", "batch_size", "n_samples", "torch_threads"):
@@ -39,7 +41,7 @@ def test_reduced_sweep_tracked_and_analysed(store):
     assert sorted(m.step for m in history) == list(range(30))
 
     out = store["dir"] / "out"
-    assert run_analysis_main("poison_sensitivity", ["--experiment", "ps-test", "--tracking-uri", store["uri"],
+    assert run_analysis(ANALYSIS, "poison_sensitivity", ["--experiment", "ps-test", "--tracking-uri", store["uri"],
                                                     "--out", str(out)]) == 0
     for name in ("summary.json", "sigmoid_fits.md", "sigmoid_fits.csv", "accuracy_vs_poison.png",
                  "generalization_gap.png", "train_vs_test.png"):
@@ -49,11 +51,11 @@ def test_reduced_sweep_tracked_and_analysed(store):
     assert set(summary["widths"]) == {"16", "32"}
     for entry in summary["widths"].values():
         assert {"clean_acc", "L", "k", "x0", "b", "r2", "threshold", "gen_gap_at_max"} <= set(entry)
-    analysis_runs = tracking.search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'analysis'")
-    assert len(analysis_runs) == 1 and analysis_runs[0].data.tags[tracking.TAG_PARENT] == sweep_id
+    analysis_runs = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'analysis'")
+    assert len(analysis_runs) == 1 and analysis_runs[0].data.tags[schema.TAG_PARENT] == sweep_id
     logged = {a.path for a in client.list_artifacts(analysis_runs[0].info.run_id)}
     assert {"summary.json", "accuracy_vs_poison.png"} <= logged
 
-    sweep = load_sweep(STUDY, "ps-test", store["uri"])
-    results = {c.name: c.passed for c in checks(sweep, analyze(sweep))}
+    sweep = read_sweep("ps-test", store["uri"], study="poison_sensitivity")
+    results = {c.name: c.passed for c in ANALYSIS.checks(sweep, ANALYSIS.analyze(sweep))}
     assert results["all grid points finished"] and results["aggregate points"] and results["no duplicate grid points"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.point import PLAIN, PointContext
 from core.poisoning import next_class_flip
 from core.studies.robust_loss import (
     BENCHMARKS,
@@ -15,7 +16,7 @@ from core.studies.robust_loss import (
     RobustLossConfig,
     poison_fit,
     robust_score,
-    run_trial,
+    run_point,
 )
 from core.vision_data import load_digits_data
 from vision_fixtures import write_cifar10, write_cifar100, write_fashion_mnist
@@ -73,21 +74,21 @@ def test_recipe_overrides_smoke_caps_and_params():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(benchmark="resnet50-imagenet"), r"RobustLossConfig.benchmark='resnet50-imagenet'.*resnet20-cifar10-labelflip.*cnn-digits-labelflip"),
-        (dict(loss="nope"), r"RobustLossConfig.loss='nope'.*unknown loss"),
-        (dict(loss_source="print(1)"), r"RobustLossConfig.loss_source"),
-        (dict(seed=True), r"RobustLossConfig.seed=True"),
-        (dict(seed=-1), r"RobustLossConfig.seed=-1"),
-        (dict(torch_threads=0), r"RobustLossConfig.torch_threads=0"),
-        (dict(scale="tiny"), r"RobustLossConfig.scale='tiny'"),
-        (dict(epochs=0), r"RobustLossConfig.epochs=0: .*int >= 1"),
-        (dict(batch_size=2.0), r"RobustLossConfig.batch_size=2.0"),
-        (dict(lr=-0.1), r"RobustLossConfig.lr=-0.1"),
-        (dict(momentum=1.0), r"RobustLossConfig.momentum=1.0"),
-        (dict(weight_decay=-1), r"RobustLossConfig.weight_decay=-1"),
-        (dict(poison_rate=1.5), r"RobustLossConfig.poison_rate=1.5"),
-        (dict(crop_padding=8), r"RobustLossConfig.crop_padding=8: .*\[0, 8\)"),
-        (dict(horizontal_flip=1), r"RobustLossConfig.horizontal_flip=1"),
+        (dict(benchmark="resnet50-imagenet"), r"benchmark must be one of 'resnet20-cifar10-labelflip'.*'cnn-digits-labelflip', got 'resnet50-imagenet'"),
+        (dict(loss="nope"), r"loss must be .*unknown loss.*got 'nope'"),
+        (dict(loss_source="print(1)"), r"loss_source must be None or a loss file's text"),
+        (dict(seed=True), r"seed must be an integer, got True"),
+        (dict(seed=-1), r"seed must be >= 0, got -1"),
+        (dict(torch_threads=0), r"torch_threads must be >= 1, got 0"),
+        (dict(scale="tiny"), r"scale must be one of 'full', 'smoke', got 'tiny'"),
+        (dict(epochs=0), r"epochs must be >= 1, got 0"),
+        (dict(batch_size=2.0), r"batch_size must be an integer, got 2.0"),
+        (dict(lr=-0.1), r"lr must be > 0, got -0.1"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (dict(weight_decay=-1), r"weight_decay must be >= 0, got -1"),
+        (dict(poison_rate=1.5), r"poison_rate must be in \[0, 1\), got 1.5"),
+        (dict(crop_padding=8), r"crop_padding must be in \[0, 8\), got 8"),
+        (dict(horizontal_flip=1), r"horizontal_flip must be True or False, got 1"),
     ],
 )
 def test_config_validation_names_field_and_value(kwargs, message):
@@ -116,7 +117,7 @@ def data_dir(tmp_path_factory):
     ],
 )
 def test_smoke_runs_of_the_research_benchmarks(data_dir, benchmark, param_count, train_size, num_poisoned):
-    result = run_trial(RobustLossConfig(benchmark=benchmark, loss="generalized_ce", scale="smoke", data_dir=data_dir), device="cpu")
+    result = run_point(RobustLossConfig(benchmark=benchmark, loss="generalized_ce", scale="smoke", data_dir=data_dir), PointContext(device="cpu"))
     assert result.params["param_count"] == param_count
     assert result.params["train_size"] == train_size and result.params["num_poisoned"] == num_poisoned
     assert len(result.artifacts["poisoned_indices.json"]["indices"]) == num_poisoned
@@ -128,7 +129,7 @@ def test_smoke_runs_of_the_research_benchmarks(data_dir, benchmark, param_count,
 
 
 def test_digits_short_run_learns_and_records_the_poisoned_set():
-    result = run_trial(RobustLossConfig(epochs=6), device="cpu")
+    result = run_point(RobustLossConfig(epochs=6), PointContext(device="cpu"))
     assert result.metrics["test_acc"] > 0.85
     train_labels = load_digits_data().train_labels
     _, indices = next_class_flip(train_labels, 0.15, 10, seed=42)
@@ -138,7 +139,7 @@ def test_digits_short_run_learns_and_records_the_poisoned_set():
 
 def test_smoke_digits_uses_eval_subsets_and_leaves_global_rng_and_threads_alone():
     before, threads = torch.get_rng_state(), torch.get_num_threads()
-    result = run_trial(RobustLossConfig(scale="smoke", torch_threads=threads + 1))
+    result = run_point(RobustLossConfig(scale="smoke", torch_threads=threads + 1), PLAIN)
     assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
     assert result.params["eval_test_samples"] == SMOKE_EVAL_SAMPLES == result.params["eval_poisoned_samples"]
 
@@ -175,25 +176,25 @@ class MemoryHooks:
 )
 def test_resume_after_preemption_gives_the_uninterrupted_numbers(data_dir, config, stop_after):
     config = dataclasses.replace(config, data_dir=data_dir)
-    uninterrupted = run_trial(config)
+    uninterrupted = run_point(config, PLAIN)
     first = MemoryHooks(stop_after=stop_after)
     with pytest.raises(Preempted):
-        run_trial(config, hooks=first)
+        run_point(config, PointContext(hooks=first))
     second = MemoryHooks(saved=first.saved)
-    resumed = run_trial(config, hooks=second)
+    resumed = run_point(config, PointContext(hooks=second))
     assert second.epochs_seen == list(range(stop_after + 1, config.recipe().epochs))
     assert resumed.metrics == uninterrupted.metrics
     assert resumed.histories == uninterrupted.histories
     done = MemoryHooks(saved=second.saved)  # restored after the last epoch: nothing left to train
-    assert run_trial(config, hooks=done).metrics == uninterrupted.metrics and done.epochs_seen == []
+    assert run_point(config, PointContext(hooks=done)).metrics == uninterrupted.metrics and done.epochs_seen == []
 
 
 def test_resume_refuses_a_checkpoint_of_another_config():
     hooks = MemoryHooks(stop_after=0)
     with pytest.raises(Preempted):
-        run_trial(RobustLossConfig(scale="smoke"), hooks=hooks)
+        run_point(RobustLossConfig(scale="smoke"), PointContext(hooks=hooks))
     with pytest.raises(ValueError, match="another configuration"):
-        run_trial(RobustLossConfig(scale="smoke", seed=1), hooks=MemoryHooks(saved=hooks.saved))
+        run_point(RobustLossConfig(scale="smoke", seed=1), PointContext(hooks=MemoryHooks(saved=hooks.saved)))
 
 
 NAN_AT_EPOCH_1_BATCH_1 = """
@@ -214,7 +215,7 @@ def test_non_finite_loss_names_epoch_and_batch(tmp_path):
     path = tmp_path / "nan_loss.py"
     path.write_text(NAN_AT_EPOCH_1_BATCH_1)
     with pytest.raises(FloatingPointError, match=r"nan_loss.py' is nan at epoch 1, batch 1"):
-        run_trial(RobustLossConfig(loss=str(path), scale="smoke"))
+        run_point(RobustLossConfig(loss=str(path), scale="smoke"), PLAIN)
 
 
 def test_user_loss_source_runs_without_the_file(tmp_path):
@@ -231,7 +232,7 @@ def test_user_loss_source_runs_without_the_file(tmp_path):
     path.write_text(source)
     config = RobustLossConfig(loss=str(path), loss_source=source, scale="smoke")
     path.unlink()
-    result = run_trial(config)
+    result = run_point(config, PLAIN)
     assert config.params()["loss_kind"] == "file" and len(config.params()["loss_sha256"]) == 64
     assert 0 <= result.metrics["robust_score"] <= 1
 
@@ -239,5 +240,5 @@ def test_user_loss_source_runs_without_the_file(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cuda_request_without_gpu_falls_back_to_cpu():
     with pytest.warns(RuntimeWarning, match="CUDA requested"):
-        result = run_trial(RobustLossConfig(scale="smoke"), device="cuda")
+        result = run_point(RobustLossConfig(scale="smoke"), PointContext(device="cuda"))
     assert result.params["device"] == "cpu"

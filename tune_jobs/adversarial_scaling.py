@@ -1,29 +1,9 @@
-"""Launch the adversarial_scaling sweep: ``python -m tune_jobs.adversarial_scaling --help``."""
+"""``python -m tune_jobs.adversarial_scaling``: the built-in study, the same as ``python -m tune_jobs adversarial_scaling``."""
 
-from __future__ import annotations
-
-from core.studies.adversarial_scaling import AdversarialScalingConfig, run_trial
-from tune_jobs.study import Study
-
-STUDY = Study(
-    name="adversarial_scaling",
-    description="MLP width x dataset x seed, each trained model attacked with FGSM and PGD at every epsilon "
-                "(shared/specs/adversarial_scaling.md). One child run per training; per-epsilon results are "
-                "histories with step = epsilon index plus robustness.csv.",
-    config_type=AdversarialScalingConfig,
-    grid={
-        "dataset": ("circles", "moons"),
-        "hidden_width": (16, 32, 64, 128, 256, 512),
-        "seed": (42, 123, 7),
-    },
-    run_trial=run_trial,
-    metrics=("clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"),
-    points_per_trial=1,
-    cost=lambda config: config.hidden_width * (config.hidden_width + 64),
-)
+from tune_jobs.studies.adversarial_scaling import STUDY  # noqa: F401  (the declaration, for code that imports it from here)
 
 if __name__ == "__main__":
     from tune_jobs.cli import exit_process
     from tune_jobs.runner import main
 
-    exit_process(main(STUDY.name))
+    exit_process(main("adversarial_scaling"))

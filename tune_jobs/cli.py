@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from tune_jobs.study import Study, format_value
+from record.schema import DecodeError, decode, encode, type_name
+from tune_jobs.study import BUILTIN_PACKAGE, Study
 
 
 def exit_process(status: int) -> NoReturn:
@@ -29,37 +29,11 @@ class UsageError(ValueError):
 
 
 def parse_value(study: Study, key: str, text: str) -> Any:
-    """Convert ``text`` to the type of config field ``key``."""
-    return _convert(study.field_types[key], text.strip(), key)
-
-
-def _convert(kind: Any, text: str, key: str) -> Any:
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(kind) if a is not type(None)]
-        if text.lower() in ("none", "null", ""):
-            return None
-        return _convert(options[0], text, key)
-    if origin is tuple:
-        item = typing.get_args(kind)[0]
-        parts = [p for p in text.split(",") if p.strip()]
-        if not parts:
-            raise UsageError(f"{key}: needs at least one value, got {text!r}")
-        return tuple(_convert(item, p.strip(), key) for p in parts)
+    """Convert ``text`` to the type of config field ``key`` (the record's codec: :func:`record.schema.decode`)."""
     try:
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes"):
-                return True
-            if text.lower() in ("0", "false", "no"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        raise UsageError(f"{key}: expected {kind.__name__}, got {text!r}") from None
-    return text
+        return decode(text, type_name(study.field_types[key]), key)
+    except DecodeError as error:
+        raise UsageError(str(error)) from None
 
 
 def _split_assignment(option: str, text: str) -> tuple[str, str]:
@@ -74,6 +48,7 @@ class Launch:
     """A validated launch request: the points to run and where/how to run them."""
 
     study: Study
+    study_ref: str
     grid: dict[str, tuple]
     fixed: dict[str, Any]
     points: list[Any]
@@ -91,11 +66,11 @@ class Launch:
     switches: dict[str, bool]
 
 
-def build_parser(study: Study) -> argparse.ArgumentParser:
-    dims = ", ".join(f"{d} (default {format_value(v)})" for d, v in study.grid.items())
-    fixed = ", ".join(f"{k}={format_value(v)}" for k, v in study.defaults().items())
+def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
+    dims = ", ".join(f"{d} (default {encode(v)})" for d, v in study.grid.items())
+    fixed = ", ".join(f"{k}={encode(v)}" for k, v in study.defaults().items())
     parser = argparse.ArgumentParser(
-        prog=f"python -m tune_jobs.{study.name}",
+        prog=prog,
         description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -137,15 +112,20 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                                help=option.help + f" (same as --set {option.field}=...)")
     parser.add_argument("--analyze", metavar="DIR",
                         default=f"results/{study.name}" if study.analyze_by_default else None,
-                        help="after the sweep, run this study's analysis into DIR and its validation checks"
-                             + (" (default: %(default)s)" if study.analyze_by_default else ""))
+                        help=("after the sweep, run this study's analysis into DIR and its validation checks"
+                              + (" (default: %(default)s)" if study.analyze_by_default else ""))
+                        if study.analysis is not None else "this study declares no analysis: refused")
     return parser
 
 
-def parse_launch(study: Study, argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> tuple[Launch, argparse.Namespace]:
-    """Parse and validate everything; raise :class:`UsageError` naming the bad key or value."""
-    parser = parser or build_parser(study)
-    args = parser.parse_args(argv)
+def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = None) -> Launch:
+    """Parse and validate everything; raise :class:`UsageError` naming the bad key or value.
+
+    ``study_ref`` is how Ray workers import the study (``module:ATTR``; default: the built-in of that name).
+    """
+    study_ref = study_ref or f"{BUILTIN_PACKAGE}.{study.name}:STUDY"
+    shown = study_ref.removesuffix(":STUDY").removeprefix(f"{BUILTIN_PACKAGE}.")
+    args = build_parser(study, f"python -m tune_jobs {shown}").parse_args(argv)
     grid = {d: tuple(v) for d, v in study.grid.items()}
     for text in args.grid:
         key, value = _split_assignment("--grid", text)
@@ -180,12 +160,14 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
                          f", got {args.points_per_trial}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.analyze is not None and study.analysis is None:
+        raise UsageError(f"--analyze: study {study.name!r} declares no analysis")
     try:
         points = study.points(grid, fixed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    launch = Launch(
-        study=study, grid=grid, fixed=fixed, points=points, tracking_uri=args.tracking_uri,
+    return Launch(
+        study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, tracking_uri=args.tracking_uri,
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         points_per_trial=args.points_per_trial,
@@ -193,7 +175,6 @@ def parse_launch(study: Study, argv: list[str] | None, parser: argparse.Argument
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},
     )
-    return launch, args
 
 
 def fail_usage(message: str) -> typing.NoReturn:

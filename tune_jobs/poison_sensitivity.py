@@ -1,28 +1,9 @@
-"""Launch the poison_sensitivity sweep: ``python -m tune_jobs.poison_sensitivity --help``."""
+"""``python -m tune_jobs.poison_sensitivity``: the built-in study, the same as ``python -m tune_jobs poison_sensitivity``."""
 
-from __future__ import annotations
-
-from core.studies.poison_sensitivity import PoisonSensitivityConfig, run_trial
-from tune_jobs.study import Study
-
-STUDY = Study(
-    name="poison_sensitivity",
-    description="Label-flip poison fraction x MLP width x seed on Gaussian clusters "
-                "(shared/specs/poison_sensitivity.md). One child run per grid point.",
-    config_type=PoisonSensitivityConfig,
-    grid={
-        "poison_fraction": (0.0, 0.01, 0.05, 0.10, 0.15, 0.20, 0.30, 0.40, 0.50),
-        "hidden_width": (32, 64, 128),
-        "seed": (42, 123, 7),
-    },
-    run_trial=run_trial,
-    metrics=("train_acc", "train_clean_acc", "test_acc", "gen_gap", "final_train_loss"),
-    points_per_trial=21,
-    cost=lambda config: config.epochs * (1.0 + config.hidden_width / 128),
-)
+from tune_jobs.studies.poison_sensitivity import STUDY  # noqa: F401  (the declaration, for code that imports it from here)
 
 if __name__ == "__main__":
     from tune_jobs.cli import exit_process
     from tune_jobs.runner import main
 
-    exit_process(main(STUDY.name))
+    exit_process(main("poison_sensitivity"))

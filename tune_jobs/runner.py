@@ -1,9 +1,9 @@
-"""The shared runner: a study's grid -> a Ray Tune run -> one MLflow child run per grid point.
+"""The shared runner: a study's grid points -> Ray trials -> one MLflow run per point, under the sweep's parent.
 
 :func:`main` validates the launch, starts or joins Ray while a thread opens the
-MLflow parent run, runs the Tuner over :func:`tune_jobs.worker.run_points`,
+sweep's parent run, runs the Tuner over :func:`tune_jobs.worker.run_points`,
 then stops Ray and closes the parent with a summary (and runs ``--analyze``).
-MLflow (:mod:`tune_jobs.tracking`) and the worker module are imported only once
+MLflow (:mod:`record.write`) and the worker module are imported only once
 Ray's start-up is under way, so MLflow's ~2 s import overlaps it.
 """
 
@@ -16,19 +16,21 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from record import schema
+from record.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
-from tune_jobs.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
-from tune_jobs.study import format_value, load_study
+from tune_jobs.study import load_study, study_ref
 
 if TYPE_CHECKING:
-    from tune_jobs.tracking import SweepTracker
+    from record.write import SweepWriter
 
-TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
+#: The packages a Ray worker on another node needs (shipped with ``runtime_env``).
+PROJECT_PACKAGES = ("core", "record", "analysis", "tune_jobs")
 
 
 def _trial_slots(launch: Launch) -> int:
@@ -72,81 +74,66 @@ def _start_ray(launch: Launch) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if launch.address is None:
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
-    else:  # ship this project's packages to every node: no shared filesystem or install of robustlab needed
-        packages = [os.path.dirname(importlib.import_module(name).__file__) for name in ("core", "tune_jobs")]
-        ray.init(address=launch.address, logging_level="WARNING", runtime_env={"py_modules": packages})
+    else:  # ship the code to every node: no shared filesystem or install of robustlab needed
+        ray.init(address=launch.address, logging_level="WARNING",
+                 runtime_env={"py_modules": _packages_to_ship(launch.study_ref)})
 
 
-def _progress_callback(total: int, metrics: Sequence[str]):
-    from ray import tune
-
-    class Progress(tune.Callback):
-        """One line per finished grid point (and per epoch of long trials) as results arrive."""
-
-        def __init__(self) -> None:
-            self.points = 0
-            self.start = time.monotonic()
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            status = result.get("status")
-            if status is None:
-                return
-            if status != "epoch":
-                self.points += 1
-            shown = ", ".join(f"{k}={result[k]:.4g}" for k in ("epoch", *metrics)
-                              if isinstance(result.get(k), (int, float)))
-            if status == "failed":
-                shown = result.get("error", "")
-            print(f"[{self.points}/{total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
-                  + (f"  {shown}" if shown else ""), flush=True)
-
-    return Progress()
+def _packages_to_ship(ref: str) -> list[str]:
+    """Folders of this project's packages, plus the study's own top-level package unless it is installed."""
+    names = list(PROJECT_PACKAGES)
+    top = ref.partition(":")[0].partition(".")[0]
+    if top not in names:
+        names.append(top)
+    folders = []
+    for name in names:
+        path = Path(importlib.import_module(name).__file__)
+        if name == top and "site-packages" in path.parts:
+            continue  # installed on the nodes like any dependency
+        folders.append(str(path.parent) if path.name == "__init__.py" else str(path))
+    return folders
 
 
 def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
     """The parent run: a new one, or with ``--resume`` the one to continue."""
-    from tune_jobs import tracking
+    from record.read import find_sweep
+    from record.write import create_sweep, reopen_sweep
 
     study = launch.study
     if launch.resume:
-        query = f"tags.`{tracking.TAG_KIND}` = 'sweep' and tags.`{tracking.TAG_STUDY}` = '{study.name}'"
-        sweeps = tracking.search_all_runs(client, [experiment_id], query)
-        if launch.resume != "latest":
-            sweeps = [s for s in sweeps if s.info.run_id == launch.resume]
-        if not sweeps:
+        sweep = find_sweep(client, experiment_id, study.name, None if launch.resume == "latest" else launch.resume)
+        if sweep is None:
             raise UsageError(f"--resume: no {study.name} sweep "
                              + ("" if launch.resume == "latest" else f"{launch.resume!r} ")
                              + f"in experiment {launch.experiment!r}")
-        sweep = sweeps[0]
-        recorded = {k[len("grid."):]: v for k, v in sweep.data.params.items() if k.startswith("grid.")}
-        requested = {d: format_value(v) for d, v in launch.grid.items()}
+        prefix = schema.GRID_PREFIX
+        recorded = {k[len(prefix):]: v for k, v in sweep.data.params.items() if k.startswith(prefix)}
+        requested = {d: schema.encode(v) for d, v in launch.grid.items()}
         if recorded and recorded != requested:
             raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {recorded}, "
                              f"this command asks for {requested}")
-        client.update_run(sweep.info.run_id, status="RUNNING")
+        reopen_sweep(client, sweep.info.run_id)
         return sweep.info.run_id
-    name = f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={tracking.TAG_KIND: "sweep", tracking.TAG_STUDY: study.name,
-                                  "robustlab.command": " ".join(sys.argv)[:4000]})
-    sweep_id = run.info.run_id
-    params = {k: format_value(v) for k, v in launch.fixed.items() if k not in study.unlogged_fields}
-    params.update({f"grid.{d}": format_value(v) for d, v in launch.grid.items()})
-    tracking.log_flat(client, sweep_id, params=params,
-                      tags={tracking.TAG_SWEEP: sweep_id, "robustlab.n_points": len(launch.points)})
-    return sweep_id
+    return create_sweep(
+        client, experiment_id, study=study.name, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        command=" ".join(sys.argv), fixed={k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
+        grid=launch.grid, n_points=len(launch.points), param_types=study.param_types(),
+    )
 
 
-def _open_tracking(launch: Launch, uri: str) -> tuple[SweepTracker, set[str]]:
+def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str]]:
     """The sweep's parent run (opened, or found for ``--resume``) and the points it already finished.
 
     Runs in a thread while Ray starts: the driver's first MLflow import happens here.
     """
-    from tune_jobs import tracking
+    from mlflow.tracking import MlflowClient
 
-    client = tracking.MlflowClient(uri)
-    experiment_id = tracking.get_or_create_experiment(client, launch.experiment, uri)
-    sweep = tracking.SweepTracker(uri, experiment_id, _open_sweep(client, launch, experiment_id), launch.study.name)
+    from record.runs import get_or_create_experiment
+    from record.write import SweepWriter
+
+    client = MlflowClient(uri)
+    experiment_id = get_or_create_experiment(client, launch.experiment, uri)
+    sweep = SweepWriter(uri, experiment_id, _open_sweep(client, launch, experiment_id), launch.study.name)
     return sweep, sweep.take_over() if launch.resume else set()
 
 
@@ -189,11 +176,12 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
 
     interrupted = False
     if pending:
-        context = {"study": study.name, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
-                   "sweep_id": sweep.sweep_id, "gpus_per_trial": launch.gpus_per_trial}
+        context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
+                   "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
+                   "gpus_per_trial": launch.gpus_per_trial, "n_points": len(pending)}
         trials = [{"context": context, "points": chunk} for chunk in chunks]
         try:
-            _run_tuner(launch, _experiment_path(sweep.client, launch, sweep.sweep_id), trials, len(pending))
+            _run_tuner(launch, _experiment_path(launch, sweep), trials)
         except KeyboardInterrupt:
             interrupted = True
     import ray  # imported by _start_ray, after the loopback switch was set
@@ -206,7 +194,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     return status, sweep.sweep_id
 
 
-def _close_sweep(launch: Launch, sweep: SweepTracker, interrupted: bool) -> int:
+def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
     """Set the parent run's final status and say how many points finished; 0 when all did, else 1."""
     study = launch.study
     done_points, failed_points = sweep.point_outcomes()
@@ -218,30 +206,31 @@ def _close_sweep(launch: Launch, sweep: SweepTracker, interrupted: bool) -> int:
     if n_done == len(all_points):
         return 0
     missing = len(all_points) - n_done
-    print(f"{study.name}: {missing} grid point(s) did not finish ({len(failed_points)} failed: see the FAILED child "
-          f"runs' 'robustlab.error' tag and error/traceback.txt artifact); continue with --resume {sweep.sweep_id}",
-          flush=True)
+    print(f"{study.name}: {missing} grid point(s) did not finish ({len(failed_points)} failed: see the FAILED point "
+          f"runs' '{schema.TAG_ERROR}' tag and {schema.TRACEBACK_ARTIFACT} artifact); continue with --resume "
+          f"{sweep.sweep_id}", flush=True)
     return 1
 
 
 def _analyze(launch: Launch, sweep_id: str) -> int:
     """``--analyze DIR``: the study's analysis and validation of this sweep; its exit status."""
-    from analysis.common import run_analysis_main
+    from analysis.common import run_analysis
 
     argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate"]
     if launch.tracking_uri:
         argv += ["--tracking-uri", launch.tracking_uri]
-    return run_analysis_main(launch.study.name, argv)
+    return run_analysis(launch.study.analysis, launch.study.name, argv)
 
 
-def _experiment_path(client, launch: Launch, sweep_id: str) -> str:
+def _experiment_path(launch: Launch, sweep: SweepWriter) -> str:
     """Where Ray Tune keeps this sweep's state: recorded on the parent run so ``--resume`` finds it."""
-    recorded = client.get_run(sweep_id).data.tags.get(TAG_RAY_EXPERIMENT)
+    recorded = sweep.ray_experiment()
     if launch.resume and recorded:
         return recorded
     storage = os.path.abspath(launch.storage_path or os.path.expanduser("~/ray_results"))
-    path = os.path.join(storage, f"{launch.study.name}-{sweep_id}" + (f"-{int(time.time())}" if launch.resume else ""))
-    client.set_tag(sweep_id, TAG_RAY_EXPERIMENT, path)
+    path = os.path.join(storage, f"{launch.study.name}-{sweep.sweep_id}"
+                        + (f"-{int(time.time())}" if launch.resume else ""))
+    sweep.record_ray_experiment(path)
     return path
 
 
@@ -249,24 +238,24 @@ def _trial_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict], n_points: int) -> None:
+def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> None:
     """Run the trials as a Ray Tune experiment at ``experiment_path``.
 
     If that experiment exists (a ``--resume`` on the machine that ran it), Ray
     Tune restores it: finished trials stay finished, interrupted and errored
-    ones continue from their last checkpoint.
+    ones continue from their last checkpoint.  The progress callback is part
+    of the restored state (see :mod:`tune_jobs.progress`).
     """
     from ray import tune
 
+    from tune_jobs.progress import PointProgress
     from tune_jobs.worker import run_points
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
-    callbacks = [_progress_callback(n_points, study.metrics)]
     if launch.resume and tune.Tuner.can_restore(experiment_path):
         print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-        tuner._local_tuner.get_run_config().callbacks = callbacks  # callbacks are not part of the saved state
     else:
         tuner = tune.Tuner(
             trainable,
@@ -275,18 +264,21 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict], n_point
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path),
-                verbose=0, callbacks=callbacks,
+                verbose=0, callbacks=[PointProgress(study.metrics)],
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures),
             ),
         )
     tuner.fit()
 
 
-def main(study_name: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m tune_jobs.<study>``."""
-    study = load_study(study_name)
+def main(ref: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tune_jobs STUDY``: ``ref`` is a built-in name, ``module`` or ``module:ATTR``."""
     try:
-        launch, _ = parse_launch(study, argv)
+        try:
+            study, canonical = load_study(ref), study_ref(ref)
+        except ValueError as error:  # an unknown name, a module that is not there, no Study in it
+            raise UsageError(str(error)) from None
+        launch = parse_launch(study, argv, canonical)
         status, _ = run_sweep(launch)
     except (UsageError, TrackingUnavailable) as error:
         fail_usage(str(error))

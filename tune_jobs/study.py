@@ -1,8 +1,13 @@
-"""A study, declared once: its protocol dataclass, grid, trial function and metrics.
+"""A study, declared once: its protocol, grid, point function, metrics, analysis and checks.
 
 Everything else (CLI, validation of overrides, Ray Tune launch, MLflow
-logging, resume) is shared and lives in :mod:`tune_jobs.cli`,
-:mod:`tune_jobs.runner` and :mod:`tune_jobs.tracking`.
+record, resume) is shared: :mod:`tune_jobs.cli`, :mod:`tune_jobs.runner`,
+:mod:`record`.  A study is found by reference (:func:`load_study`):
+
+* a built-in name: a module of :mod:`tune_jobs.studies` named after its study
+  (a file dropped there is a built-in study; nothing else to edit);
+* ``package.module``: that module's ``STUDY``, anywhere on the Python path;
+* ``package.module:ATTR``: another attribute of it.
 """
 
 from __future__ import annotations
@@ -10,19 +15,25 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import itertools
+import pkgutil
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.trial import TrialResult
+from analysis.common import Analysis
+from record import schema
 
-#: Module holding each study's ``STUDY`` declaration (workers import it by name).
-STUDY_MODULES = {
-    "poison_sensitivity": "tune_jobs.poison_sensitivity",
-    "adversarial_scaling": "tune_jobs.adversarial_scaling",
-    "robust_loss": "tune_jobs.robust_loss",
-}
+BUILTIN_PACKAGE = "tune_jobs.studies"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A study-specific flag: an alias of ``--set FIELD=VALUE`` (``field``) or a switch handed to ``prepare``."""
+
+    flag: str
+    help: str
+    field: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,28 +41,27 @@ class Study:
     """One study.
 
     name:             experiment default and the ``robustlab.study`` tag.
+    description:      what ``--help`` says first.
     config_type:      frozen dataclass holding one grid point with every protocol
                       value; its ``__post_init__`` rejects bad values with a
-                      ``ValueError`` naming them.
+                      ``ValueError`` naming them (:mod:`core.validation`).
     grid:             the swept dimensions (config field names) and their defaults.
-    run_trial:        ``config -> TrialResult`` (``config, hooks -> TrialResult``
-                      when ``checkpoints``).
-    metrics:          final metrics every finished child run carries.
+    run_point:        ``(config, core.point.PointContext) -> core.point.PointResult``.
+    metrics:          final metrics every point's result must carry (checked).
+    analysis:         :class:`analysis.common.Analysis` (analyze and checks), or None.
     points_per_trial: at most this many grid points per Ray trial, computed in
                       sequence (Ray's per-trial overhead is ~0.4 s; cheap points
                       share a trial); fewer when that leaves Ray slots idle.
-    checkpoints:      the trial takes :class:`core.trial.EpochHooks` and resumes
-                      from Ray Tune checkpoints.
-    unlogged_fields:  config fields too bulky to be MLflow params (logged as
-                      artifacts instead).
-    cost:             optional relative cost of a point; the runner groups points
-                      of similar cost and starts the most expensive Ray trials
-                      first, so the last trial to finish is a short one.
+    checkpoints:      ``run_point`` uses ``context.hooks`` to resume from Ray Tune
+                      checkpoints (one point per Ray trial).
+    unlogged_fields:  config fields too bulky to be MLflow params.
+    cost:             optional relative cost of a point; the runner starts the
+                      most expensive Ray trials first, so the last to finish is short.
     options:          study-specific command-line flags (see :class:`Option`).
     prepare:          optional driver-side step run once before Ray starts, on
-                      all points and the values of the switch options (e.g.
-                      load and probe a user's loss, fetch data); returns the
-                      configs to ship.  A ``ValueError`` is a usage error.
+                      all points and the values of the switch options (load and
+                      probe a user's loss, fetch data); returns the configs to
+                      ship.  A ``ValueError`` is a usage error (exit status 2).
     analyze_by_default: run the analysis after the sweep even without ``--analyze``.
 
     A config may define ``params()`` returning the flat, fully resolved values
@@ -62,13 +72,14 @@ class Study:
     description: str
     config_type: type
     grid: Mapping[str, tuple]
-    run_trial: Callable[..., TrialResult]
+    run_point: Callable[..., Any]
     metrics: tuple[str, ...]
+    analysis: Analysis | None = None
     points_per_trial: int = 1
     checkpoints: bool = False
     unlogged_fields: tuple[str, ...] = ()
     cost: Callable[[Any], float] | None = None
-    options: tuple["Option", ...] = ()
+    options: tuple[Option, ...] = ()
     prepare: Callable[[list[Any], dict[str, Any]], list[Any]] | None = None
     analyze_by_default: bool = False
 
@@ -79,10 +90,16 @@ class Study:
             raise ValueError(f"grid dimensions {sorted(unknown)} are not fields of {self.config_type.__name__}")
         if self.checkpoints and self.points_per_trial != 1:
             raise ValueError("a checkpointing study runs one grid point per Ray trial (points_per_trial=1)")
+        if self.analyze_by_default and self.analysis is None:
+            raise ValueError(f"study {self.name!r} analyses by default but declares no analysis")
 
     @property
     def field_types(self) -> dict[str, Any]:
         return typing.get_type_hints(self.config_type)
+
+    def param_types(self) -> dict[str, str]:
+        """The record's type name of every logged config field."""
+        return {k: v for k, v in schema.param_types(self.config_type).items() if k not in self.unlogged_fields}
 
     @property
     def fixed_fields(self) -> list[str]:
@@ -108,41 +125,52 @@ class Study:
 
     def point_key(self, config: Any) -> str:
         """Stable identity of a grid point: ``dim=value`` pairs in grid order."""
-        return " ".join(f"{d}={format_value(getattr(config, d))}" for d in self.grid)
+        return schema.point_key(list(self.grid), {d: getattr(config, d) for d in self.grid})
 
-    def params(self, config: Any) -> dict[str, str]:
-        """Flat MLflow params for a point."""
+    def params(self, config: Any) -> dict[str, Any]:
+        """Flat MLflow params for a point (values; :mod:`record` encodes them)."""
         if hasattr(config, "params"):
-            return {k: format_value(v) for k, v in config.params().items()}
-        return {
-            f.name: format_value(getattr(config, f.name))
-            for f in dataclasses.fields(config)
-            if f.name not in self.unlogged_fields
-        }
+            return dict(config.params())
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in self.unlogged_fields}
+
+    def check_result(self, result: Any) -> None:
+        """Every declared metric present and every metric finite, else an error naming the metric."""
+        result.check_declared(self.metrics)
+        result.check_finite()
 
 
-@dataclass(frozen=True)
-class Option:
-    """A study-specific flag: an alias of ``--set FIELD=VALUE`` (``field``) or a switch handed to ``prepare``."""
-
-    flag: str
-    help: str
-    field: str | None = None
+def builtin_studies() -> list[str]:
+    """Names of the built-in studies: the modules of :mod:`tune_jobs.studies` (none is imported)."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
 
 
-def format_value(value: Any) -> str:
-    """How a config value is written in params, point keys and the CLI (tuples comma-joined)."""
-    if isinstance(value, (tuple, list)):
-        return ",".join(format_value(v) for v in value)
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+def study_ref(ref: str) -> str:
+    """The canonical ``module:ATTR`` form of a study reference (a built-in name, ``module`` or ``module:ATTR``)."""
+    if ":" in ref:
+        return ref
+    if "." in ref:
+        return f"{ref}:STUDY"
+    known = builtin_studies()
+    if ref not in known:
+        raise ValueError(f"unknown study {ref!r}; built-in: {', '.join(known)}; or give package.module "
+                         "(its STUDY) or package.module:ATTR")
+    return f"{BUILTIN_PACKAGE}.{ref}:STUDY"
 
 
-def load_study(name: str) -> Study:
-    """The declaration of the study called ``name``."""
+def load_study(ref: str) -> Study:
+    """The :class:`Study` a reference names (see the module docstring); a ``ValueError`` says what is wrong."""
+    module_name, _, attr = study_ref(ref).partition(":")
     try:
-        module = STUDY_MODULES[name]
-    except KeyError:
-        raise ValueError(f"unknown study {name!r}; known: {', '.join(STUDY_MODULES)}") from None
-    return importlib.import_module(module).STUDY
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise ValueError(f"study {ref!r}: no module {module_name!r} on the Python path") from None
+        raise
+    study = getattr(module, attr, None)
+    if not isinstance(study, Study):
+        raise ValueError(f"study {ref!r}: {module_name} has no Study named {attr}")
+    if module_name.startswith(BUILTIN_PACKAGE + ".") and study.name != module_name.rpartition(".")[2]:
+        raise ValueError(f"built-in study module {module_name} declares {study.name!r}: name it after its study")
+    return study

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tune_jobs.store import DEFAULT_STORE_DIR
+from record.store import DEFAULT_STORE_DIR
 
 
 class TrackingServer:

@@ -1,8 +1,8 @@
-"""The Ray side of a sweep: a Tune function trainable that computes a few grid points, one MLflow child run each.
+"""The Ray side of a sweep: a Tune function trainable (a Ray trial) computing a few grid points, one MLflow run each.
 
 Points an earlier attempt of the same Ray trial already finished are skipped,
-so retries and restores never duplicate a point; long trials report each
-epoch to MLflow and checkpoint to Ray Tune (:class:`TuneEpochHooks`).
+so retries and restores never duplicate a point; checkpointing studies get
+:class:`TuneEpochHooks` (per-epoch MLflow metrics and Ray Tune checkpoints).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import logging
 import os
 from typing import Any
 
-from core.training import torch_threads
-from tune_jobs import tracking
+from core.point import NO_HOOKS, PointContext
+from core.training import select_device
+from record.write import SweepWriter
 from tune_jobs.study import load_study
 
 
@@ -21,16 +22,16 @@ class PointsFailed(RuntimeError):
 
 
 class TuneEpochHooks:
-    """:class:`core.trial.EpochHooks` for a long trial: per-epoch MLflow metrics and Ray Tune checkpoints.
+    """:class:`core.point.EpochHooks` for a long point: per-epoch MLflow metrics and Ray Tune checkpoints.
 
-    A checkpoint holds the trial's state and its MLflow run id, so a retried or
-    resumed trial continues from its last epoch in the same MLflow run.
+    A checkpoint holds the point's state and its MLflow run id, so a retried or
+    resumed Ray trial continues from its last epoch in the same MLflow run.
     """
 
-    STATE_FILE = "trial_state.pt"
+    STATE_FILE = "point_state.pt"
 
-    def __init__(self, tracker: tracking.SweepTracker, point: str) -> None:
-        self.tracker = tracker
+    def __init__(self, writer: SweepWriter, point: str) -> None:
+        self.writer = writer
         self.point = point
         self.run_id: str | None = None
         self._state: dict[str, Any] | None = None
@@ -60,7 +61,7 @@ class TuneEpochHooks:
         import torch
         from ray import tune
 
-        self.tracker.log_step(self.run_id, epoch, metrics)
+        self.writer.log_step(self.run_id, epoch, metrics)
         self.last_logged = dict(metrics)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"point": self.point, "run_id": self.run_id, "state": state()},
@@ -69,45 +70,36 @@ class TuneEpochHooks:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _device(gpus_per_trial: float) -> str:
-    """CUDA when this trial was given a GPU and torch sees one, else CPU."""
-    import torch
-
-    return "cuda" if gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
-
-
 def run_points(trial_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: compute the trial's grid points, one MLflow child run each."""
+    """Ray Tune function trainable: compute the Ray trial's grid points, one MLflow run each."""
     from ray import tune
 
-    trial_config = trial_config["trial"]
-    context = trial_config["context"]
+    trial = trial_config["trial"]
+    context = trial["context"]
     study = load_study(context["study"])
-    tracker = tracking.SweepTracker(context["tracking_uri"], context["experiment_id"], context["sweep_id"],
-                                    study.name)
+    writer = SweepWriter(context["tracking_uri"], context["experiment_id"], context["sweep_id"], study.name)
+    device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
+    threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
-    earlier = tracker.runs_by_point(ray_trial)  # empty unless this trial is retried or restored
+    earlier = writer.runs_by_point(ray_trial)  # empty unless this Ray trial is retried or restored
     failures = []
-    for index, entry in enumerate(trial_config["points"]):
+    for index, entry in enumerate(trial["points"]):
         config = study.config_type(**entry)
         point = study.point_key(config)
         if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
             tune.report({"point": point, "status": "skipped", "points_done": index + 1})
             continue
-        hooks = TuneEpochHooks(tracker, point) if study.checkpoints else None
-        run_id = tracker.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
-                               resume_run_id=hooks.resumed_run_id if hooks else None)
+        hooks = TuneEpochHooks(writer, point) if study.checkpoints else None
+        run_id = writer.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
+                              resume_run_id=hooks.resumed_run_id if hooks else None)
         try:
-            with torch_threads(getattr(config, "torch_threads", 1)):
-                if hooks is not None:
-                    hooks.run_id = run_id
-                    result = study.run_trial(config, hooks=hooks, device=_device(context["gpus_per_trial"]))
-                else:
-                    result = study.run_trial(config)
-            result.check_finite()
-            tracker.finish(run_id, result, logged=hooks.last_logged if hooks else None)
-        except Exception as error:  # the point fails; the trial's other points go on
-            tracker.fail(run_id, error)
+            if hooks is not None:
+                hooks.run_id = run_id
+            result = study.run_point(config, PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS))
+            study.check_result(result)
+            writer.finish(run_id, result, logged=hooks.last_logged if hooks else None)
+        except Exception as error:  # the point fails; the Ray trial's other points go on
+            writer.fail(run_id, error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
             tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
             continue

@@ -1,9 +1,9 @@
 """Study ``adversarial_scaling``: FGSM/PGD robustness of 2-hidden-layer MLPs vs width.
 
-One trial = one (dataset, hidden_width, seed) grid point: generate the data,
+A point = one (dataset, hidden_width, seed): generate the data,
 train one MLP with Adam and early stopping, then attack the test set with
 FGSM and PGD at every epsilon of the config (one training, many attacks).
-Protocol: ``/work/shared/specs/adversarial_scaling.md``.
+Protocol: ``shared/specs/adversarial_scaling.md``.
 
 Randomness, all from ``config.seed``: the data come from NumPy
 ``default_rng(seed)``; the weights from ``torch.manual_seed(seed)`` (inside a
@@ -12,7 +12,7 @@ from a ``torch.Generator`` seeded with ``seed`` that is consumed per epoch
 exactly as a ``DataLoader(shuffle=True, generator=g)`` consumes it
 (``core.training.dataloader_epoch_order``).  The
 reference code shares one loader across the widths of a seed; here each
-trial has its own, so only the first width of a seed (16 in the grid) sees
+point has its own, so only the first width of a seed (16 in the grid) sees
 the reference's shuffling order bit for bit.
 
 Histories: ``train_loss`` is indexed by epoch (0-based); ``fgsm_acc``,
@@ -22,8 +22,6 @@ Histories: ``train_loss`` is indexed by epoch (0-based); ``fgsm_acc``,
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +30,10 @@ from torch import nn
 
 from core import synthetic
 from core.attacks import fgsm, pgd
-from core.models import build_model, count_parameters
-from core.training import FastMLPAdam, accuracy, dataloader_epoch_order
-from core.trial import TrialResult
+from core.models import count_parameters
+from core.point import PointContext, PointResult
+from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
+from core.validation import check_choice, check_int, check_real, check_reals
 
 DATASETS = {"circles": synthetic.circles, "moons": synthetic.moons}
 
@@ -60,54 +59,19 @@ class AdversarialScalingConfig:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        self._integer("hidden_width", minimum=1)
-        self._integer("seed", minimum=0)
-        self._integer("n_samples", minimum=2)
-        self._integer("batch_size", minimum=1)
-        self._integer("max_epochs", minimum=1)
-        self._integer("patience", minimum=1)
-        self._integer("pgd_steps", minimum=1)
-        self._integer("torch_threads", minimum=1)
-        self._real("noise", lower=0.0)
-        self._real("lr", lower=0.0, strict=True)
-        self._real("min_delta", lower=0.0)
-        self._real("pgd_step_fraction", lower=0.0, strict=True)
-        self._real("train_fraction", lower=0.0, strict=True)
+        check_choice("dataset", self.dataset, sorted(DATASETS))
+        for name, low in (("hidden_width", 1), ("seed", 0), ("n_samples", 2), ("batch_size", 1), ("max_epochs", 1),
+                          ("patience", 1), ("pgd_steps", 1), ("torch_threads", 1)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
+        for name, low, strict in (("noise", 0.0, False), ("lr", 0.0, True), ("min_delta", 0.0, False),
+                                  ("pgd_step_fraction", 0.0, True), ("train_fraction", 0.0, True)):
+            object.__setattr__(self, name, check_real(name, getattr(self, name), low, low_open=strict))
         if not 1 <= self.n_train <= self.n_samples - 1:
             raise ValueError(
                 f"train_fraction must leave at least one train and one test sample of "
                 f"n_samples={self.n_samples}, got {self.train_fraction}"
             )
-        epsilons = self.epsilons
-        if isinstance(epsilons, (str, bytes)) or not hasattr(epsilons, "__iter__"):
-            raise ValueError(f"epsilons must be a sequence of numbers, got {epsilons!r}")
-        epsilons = tuple(epsilons)
-        if not epsilons:
-            raise ValueError("epsilons must name at least one value, got ()")
-        for eps in epsilons:
-            if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps):
-                raise ValueError(f"epsilons must be finite numbers, got {eps!r}")
-            if eps < 0:
-                raise ValueError(f"epsilons must be non-negative, got {eps}")
-        object.__setattr__(self, "epsilons", tuple(float(eps) for eps in epsilons))
-
-    def _integer(self, name: str, minimum: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
-        object.__setattr__(self, name, int(value))
-
-    def _real(self, name: str, lower: float, strict: bool = False) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if value < lower or (strict and value == lower):
-            raise ValueError(f"{name} must be {'>' if strict else '>='} {lower}, got {value}")
-        object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "epsilons", check_reals("epsilons", self.epsilons, 0.0))
 
     @property
     def n_train(self) -> int:
@@ -135,54 +99,14 @@ def make_data(config: AdversarialScalingConfig) -> tuple[torch.Tensor, torch.Ten
 
 def build_seeded_model(config: AdversarialScalingConfig) -> nn.Module:
     """The 2 -> h -> ReLU -> h -> ReLU -> 2 MLP initialised right after ``torch.manual_seed(seed)``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return build_model("mlp", in_features=2, hidden_widths=(config.hidden_width,) * 2, num_classes=2)
+    return seeded_mlp(2, (config.hidden_width,) * 2, 2, config.seed)
 
 
-def train(
-    model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    config: AdversarialScalingConfig,
-) -> list[float]:
-    """Train ``model`` in place; returns the epoch-mean training loss per epoch.
-
-    Adam (``lr``, default betas/eps) on the mean cross-entropy.  Each epoch
-    visits the shuffled training set in consecutive batches of
-    ``batch_size`` (the last one smaller); the epoch loss is the unweighted
-    mean of the batch losses.  Training stops once the epoch loss has not
-    fallen more than ``min_delta`` below the best so far for ``patience``
-    consecutive epochs.
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    trainer = FastMLPAdam(model, config.lr)
-    n, batch = len(x_train), config.batch_size
-    bounds = [(start, min(start + batch, n)) for start in range(0, n, batch)]
-    shuffled_x = torch.empty_like(x_train)
-    shuffled_y = torch.empty_like(y_train)
-
-    losses: list[float] = []
-    best = math.inf
-    stale = 0
-    for _ in range(config.max_epochs):
-        order = dataloader_epoch_order(generator, n)
-        torch.index_select(x_train, 0, order, out=shuffled_x)
-        torch.index_select(y_train, 0, order, out=shuffled_y)
-        total = 0.0
-        for start, stop in bounds:
-            total += trainer.step(shuffled_x[start:stop], shuffled_y[start:stop])
-        epoch_loss = total / len(bounds)
-        losses.append(epoch_loss)
-        if epoch_loss < best - config.min_delta:
-            best = epoch_loss
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    trainer.write_back()
-    return losses
+def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, config: AdversarialScalingConfig) -> list[float]:
+    """Train ``model`` in place with Adam and early stopping (:func:`core.training.fit_mlp`); the epoch losses."""
+    return fit_mlp(model, x_train, y_train, optimizer="adam", lr=config.lr, epochs=config.max_epochs,
+                   batch_size=config.batch_size, shuffle_seed=config.seed, patience=config.patience,
+                   min_delta=config.min_delta)
 
 
 def robustness_csv(epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap) -> str:
@@ -193,23 +117,28 @@ def robustness_csv(epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_trial(config: AdversarialScalingConfig) -> TrialResult:
-    """Train one MLP on the config's data set and attack it at every epsilon."""
+def run_point(config: AdversarialScalingConfig, context: PointContext) -> PointResult:
+    """Train one MLP on the config's data set (``config.torch_threads`` threads) and attack it at every epsilon."""
+    with torch_threads(config.torch_threads):
+        return _run(config)
+
+
+def _run(config: AdversarialScalingConfig) -> PointResult:
     x_train, y_train, x_test, y_test = make_data(config)
     model = build_seeded_model(config)
     losses = train(model, x_train, y_train, config)
 
     model.eval()
-    clean = accuracy(model, x_test, y_test)
+    clean = accuracy(predict(model, x_test), y_test)
     fgsm_acc, pgd_acc = [], []
     for eps in config.epsilons:
-        fgsm_acc.append(accuracy(model, fgsm(model, x_test, y_test, eps), y_test))
+        fgsm_acc.append(accuracy(predict(model, fgsm(model, x_test, y_test, eps)), y_test))
         adv = pgd(model, x_test, y_test, eps, steps=config.pgd_steps, step_size=config.pgd_step_fraction * eps)
-        pgd_acc.append(accuracy(model, adv, y_test))
+        pgd_acc.append(accuracy(predict(model, adv), y_test))
     fgsm_gap = [clean - acc for acc in fgsm_acc]
     pgd_gap = [clean - acc for acc in pgd_acc]
 
-    result = TrialResult(
+    return PointResult(
         metrics={
             "clean_acc": clean,
             "epochs_trained": float(len(losses)),
@@ -227,5 +156,3 @@ def run_trial(config: AdversarialScalingConfig) -> TrialResult:
         params={"param_count": count_parameters(model)},
         artifacts={"robustness.csv": robustness_csv(config.epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap)},
     )
-    result.check_finite()
-    return result

@@ -1,24 +1,26 @@
 """poison_sensitivity: label-flip poison fraction x MLP width on Gaussian clusters.
 
-One trial trains ``Linear(d, h) - ReLU - Linear(h, K)`` with plain SGD on a
+A point trains ``Linear(d, h) - ReLU - Linear(h, K)`` with plain SGD on a
 poisoned training split and measures train / clean-train / test accuracy.
-Protocol: ``shared/specs/poison_sensitivity.md``.
+Protocol: ``shared/specs/poison_sensitivity.md``.  Its pieces are functions
+with explicit arguments, so a variation (another model shape, another
+optimizer) reuses them: :func:`poisoned_split` for the data,
+:func:`core.training.fit_mlp` for the training, :func:`measure` for the metrics.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.models import build_model
+from core.point import PointContext, PointResult
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
-from core.training import FastMLPSGD, accuracy, dataloader_epoch_order
-from core.trial import TrialResult
+from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
+from core.validation import check_int, check_real
 
 
 @dataclass(frozen=True)
@@ -41,30 +43,19 @@ class PoisonSensitivityConfig:
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        checks = {
-            "poison_fraction": 0.0 <= self.poison_fraction <= 1.0,
-            "train_fraction": 0.0 < self.train_fraction < 1.0,
-            "hidden_width": self.hidden_width >= 1,
-            "n_features": self.n_features >= 1,
-            "n_classes": self.n_classes >= 2,
-            "n_samples": self.n_samples >= self.n_classes,
-            "cluster_std": self.cluster_std > 0,
-            "center_scale": self.center_scale >= 0,
-            "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
-            "batch_size": self.batch_size >= 1,
-            "torch_threads": self.torch_threads >= 1,
-            "seed": self.seed >= 0,
-            "data_seed": self.data_seed >= 0,
-        }
-        rules = {
-            "poison_fraction": "in [0, 1]", "train_fraction": "in (0, 1)", "n_classes": ">= 2",
-            "n_samples": f">= n_classes ({self.n_classes})", "cluster_std": "> 0", "center_scale": ">= 0",
-            "lr": "> 0", "seed": ">= 0", "data_seed": ">= 0",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name} must be {rules.get(name, '>= 1')}, got {getattr(self, name)!r}")
+        check_real("poison_fraction", self.poison_fraction, 0, 1)
+        check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
+        for name in ("hidden_width", "n_features", "epochs", "batch_size", "torch_threads"):
+            check_int(name, getattr(self, name), 1)
+        check_int("n_classes", self.n_classes, 2)
+        if self.n_samples < self.n_classes:
+            raise ValueError(f"n_samples must be >= n_classes ({self.n_classes}), got {self.n_samples!r}")
+        check_int("n_samples", self.n_samples, 1)
+        check_real("cluster_std", self.cluster_std, 0, low_open=True)
+        check_real("center_scale", self.center_scale, 0)
+        check_real("lr", self.lr, 0, low_open=True)
+        check_int("seed", self.seed, 0)
+        check_int("data_seed", self.data_seed, 0)
 
     @property
     def poison_seed(self) -> int:
@@ -83,15 +74,13 @@ class PoisonedSplit:
     test_labels: torch.Tensor
 
 
-def make_split(config: PoisonSensitivityConfig) -> PoisonedSplit:
-    """Generate the clusters, poison the full label vector, then split (protocol order)."""
-    features, clean = gaussian_clusters(
-        config.n_samples, config.n_features, config.n_classes,
-        config.cluster_std, config.center_scale, config.data_seed,
-    )
-    poisoned = random_label_flip(clean, config.poison_fraction, config.n_classes, config.poison_seed)
-    order = np.random.RandomState(config.data_seed).permutation(config.n_samples)
-    n_train = int(round(config.n_samples * config.train_fraction))
+def poisoned_split(*, n_samples: int, n_features: int, n_classes: int, cluster_std: float, center_scale: float,
+                   data_seed: int, train_fraction: float, poison_fraction: float, poison_seed: int) -> PoisonedSplit:
+    """Generate the clusters, poison the full label vector, then split (the protocol's order)."""
+    features, clean = gaussian_clusters(n_samples, n_features, n_classes, cluster_std, center_scale, data_seed)
+    poisoned = random_label_flip(clean, poison_fraction, n_classes, poison_seed)
+    order = np.random.RandomState(data_seed).permutation(n_samples)
+    n_train = int(round(n_samples * train_fraction))
     train, test = order[:n_train], order[n_train:]
     as_inputs = lambda rows: torch.tensor(features[rows], dtype=torch.float32)  # noqa: E731
     as_labels = lambda labels, rows: torch.tensor(labels[rows], dtype=torch.long)  # noqa: E731
@@ -104,54 +93,45 @@ def make_split(config: PoisonSensitivityConfig) -> PoisonedSplit:
     )
 
 
-def train(config: PoisonSensitivityConfig, split: PoisonedSplit) -> tuple[nn.Module, list[float]]:
-    """The MLP seeded with ``config.seed``, trained with plain SGD; returns it and the per-epoch mean batch loss.
-
-    Batches follow ``DataLoader(shuffle=True)``'s order for a generator seeded
-    with ``config.seed``; :class:`core.training.FastMLPSGD` makes each step
-    bit-identical to autograd + ``torch.optim.SGD`` (one thread).
-    """
-    torch.manual_seed(config.seed)
-    model = build_model("mlp", in_features=config.n_features, hidden_widths=(config.hidden_width,),
-                        num_classes=config.n_classes)
-    trainer = FastMLPSGD(model, config.lr)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    n_train = len(split.train_labels)
-    shuffled_x = torch.empty_like(split.train_inputs)
-    shuffled_y = torch.empty_like(split.train_labels)
-    train_loss: list[float] = []
-    for epoch in range(config.epochs):
-        order = dataloader_epoch_order(shuffle, n_train)
-        torch.index_select(split.train_inputs, 0, order, out=shuffled_x)
-        torch.index_select(split.train_labels, 0, order, out=shuffled_y)
-        loss_sum, n_batches = 0.0, 0
-        for start in range(0, n_train, config.batch_size):
-            stop = start + config.batch_size
-            loss_sum += trainer.step(shuffled_x[start:stop], shuffled_y[start:stop])
-            n_batches += 1
-        train_loss.append(loss_sum / n_batches)
-        if not math.isfinite(train_loss[-1]):
-            raise FloatingPointError(f"train loss became non-finite ({train_loss[-1]}) in epoch {epoch} "
-                                     f"(lr={config.lr}, hidden_width={config.hidden_width})")
-    trainer.write_back()
-    return model, train_loss
+def make_split(config: PoisonSensitivityConfig) -> PoisonedSplit:
+    """:func:`poisoned_split` with the config's values."""
+    return poisoned_split(
+        n_samples=config.n_samples, n_features=config.n_features, n_classes=config.n_classes,
+        cluster_std=config.cluster_std, center_scale=config.center_scale, data_seed=config.data_seed,
+        train_fraction=config.train_fraction, poison_fraction=config.poison_fraction, poison_seed=config.poison_seed,
+    )
 
 
-def run_trial(config: PoisonSensitivityConfig) -> TrialResult:
-    """Train one MLP on the poisoned split and measure it."""
-    split = make_split(config)
-    model, train_loss = train(config, split)
-    train_acc = accuracy(model, split.train_inputs, split.train_labels)
-    test_acc = accuracy(model, split.test_inputs, split.test_labels)
-    result = TrialResult(
+def train(config: PoisonSensitivityConfig, split: PoisonedSplit,
+          hidden_widths: tuple[int, ...] | None = None) -> tuple[nn.Module, list[float]]:
+    """The MLP seeded with ``config.seed`` (one hidden layer of ``hidden_width`` unless ``hidden_widths`` says
+    otherwise) trained with plain SGD; returns it and the per-epoch mean batch loss."""
+    model = seeded_mlp(config.n_features, hidden_widths or (config.hidden_width,), config.n_classes, config.seed)
+    losses = fit_mlp(model, split.train_inputs, split.train_labels, optimizer="sgd", lr=config.lr,
+                     epochs=config.epochs, batch_size=config.batch_size, shuffle_seed=config.seed)
+    return model, losses
+
+
+def measure(model: nn.Module, split: PoisonedSplit, train_loss: list[float]) -> PointResult:
+    """The study's metrics of a trained model: train (poisoned labels), clean-train and test accuracy, gen gap."""
+    train_predictions = predict(model, split.train_inputs)
+    train_acc = accuracy(train_predictions, split.train_labels)
+    test_acc = accuracy(predict(model, split.test_inputs), split.test_labels)
+    return PointResult(
         metrics={
             "train_acc": train_acc,
-            "train_clean_acc": accuracy(model, split.train_inputs, split.train_clean_labels),
+            "train_clean_acc": accuracy(train_predictions, split.train_clean_labels),
             "test_acc": test_acc,
             "gen_gap": train_acc - test_acc,
             "final_train_loss": train_loss[-1],
         },
         histories={"train_loss": train_loss},
     )
-    result.check_finite()
-    return result
+
+
+def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointResult:
+    """Train one MLP on the poisoned split (with ``config.torch_threads`` threads) and measure it."""
+    with torch_threads(config.torch_threads):
+        split = make_split(config)
+        model, train_loss = train(config, split)
+        return measure(model, split, train_loss)

@@ -1,6 +1,6 @@
 """robust_loss study: train under next-class label-flip poisoning with a given loss, measure memorization.
 
-One trial = (benchmark, loss, seed).  The benchmark fixes model, data set,
+A point = (benchmark, loss, seed).  The benchmark fixes model, data set,
 poison rate and the training recipe (``specs/robust_loss.md``); the loss is a
 baseline, a user file or ``module:Class`` (see :mod:`core.losses`).
 
@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from core.augment import DeviceAugmenter
 from core.losses import LossContractError, LossSource, instantiate_loss, load_loss_source, loss_kind, sha256_text
 from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
-from core.training import torch_threads
-from core.trial import EpochHooks, TrialResult
+from core.point import EpochHooks, PointContext, PointResult
+from core.training import accuracy, select_device, torch_threads
+from core.validation import check_bool, check_choice, check_int, check_real
 from core.vision_data import DATASETS, load_dataset
 
 
@@ -91,18 +90,6 @@ SMOKE_EVAL_SAMPLES = 64
 EVAL_BATCH_SIZE = 512
 
 
-def _fail(field: str, value: Any, rule: str) -> ValueError:
-    return ValueError(f"RobustLossConfig.{field}={value!r}: {rule}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class RobustLossConfig:
     """One grid point.  Recipe fields left as None take the benchmark's default.
@@ -137,41 +124,36 @@ class RobustLossConfig:
     horizontal_flip: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.benchmark not in BENCHMARKS:
-            raise _fail("benchmark", self.benchmark, f"unknown benchmark; known: {', '.join(BENCHMARKS)}")
+        check_choice("benchmark", self.benchmark, list(BENCHMARKS))
         if not isinstance(self.loss, str) or not self.loss:
-            raise _fail("loss", self.loss, "must be a non-empty string")
+            raise ValueError(f"loss must be a non-empty string, got {self.loss!r}")
         try:
             kind = loss_kind(self.loss)
         except LossContractError as error:
-            raise _fail("loss", self.loss, str(error)) from None
+            raise ValueError(f"loss must be a baseline, a file or module:Class ({error}), got {self.loss!r}") from None
         if self.loss_source is not None and (kind != "file" or not isinstance(self.loss_source, str)):
             shown = f"<{len(self.loss_source)} characters>" if isinstance(self.loss_source, str) else self.loss_source
-            raise _fail("loss_source", shown, "only a loss file's text (str) may be given, with loss = its path")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise _fail("seed", self.seed, "must be an int >= 0")
-        if self.scale not in ("full", "smoke"):
-            raise _fail("scale", self.scale, "must be 'full' or 'smoke'")
-        if not _is_int(self.torch_threads) or self.torch_threads < 1:
-            raise _fail("torch_threads", self.torch_threads, "must be an int >= 1")
+            raise ValueError(f"loss_source must be None or a loss file's text (with loss = its path), got {shown}")
+        check_int("seed", self.seed, 0)
+        check_choice("scale", self.scale, ("full", "smoke"))
+        check_int("torch_threads", self.torch_threads, 1)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise _fail("data_dir", self.data_dir, "must be a path string or None")
+            raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
         side = min(self.image_shape()[1:])
-        checks = {
-            "epochs": (_is_int, lambda v: v >= 1, "an int >= 1"),
-            "batch_size": (_is_int, lambda v: v >= 1, "an int >= 1"),
-            "lr": (_is_number, lambda v: v > 0, "a number > 0"),
-            "momentum": (_is_number, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            "weight_decay": (_is_number, lambda v: v >= 0, "a number >= 0"),
-            "poison_rate": (_is_number, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-            "poison_seed": (_is_int, lambda v: v >= 0, "an int >= 0"),
-            "crop_padding": (_is_int, lambda v: 0 <= v < side, f"an int in [0, {side})"),
-            "horizontal_flip": (lambda v: isinstance(v, bool), lambda v: True, "a bool"),
+        recipe_checks = {  # None means: the benchmark's default
+            "epochs": lambda v: check_int("epochs", v, 1),
+            "batch_size": lambda v: check_int("batch_size", v, 1),
+            "lr": lambda v: check_real("lr", v, 0, low_open=True),
+            "momentum": lambda v: check_real("momentum", v, 0, 1, high_open=True),
+            "weight_decay": lambda v: check_real("weight_decay", v, 0),
+            "poison_rate": lambda v: check_real("poison_rate", v, 0, 1, high_open=True),
+            "poison_seed": lambda v: check_int("poison_seed", v, 0),
+            "crop_padding": lambda v: check_int("crop_padding", v, 0, side, high_open=True),
+            "horizontal_flip": lambda v: check_bool("horizontal_flip", v),
         }
-        for name, (type_ok, range_ok, rule) in checks.items():
-            value = getattr(self, name)
-            if value is not None and not (type_ok(value) and range_ok(value)):
-                raise _fail(name, value, f"must be None (benchmark default) or {rule}")
+        for name, check in recipe_checks.items():
+            if getattr(self, name) is not None:
+                check(getattr(self, name))
 
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the benchmark's images."""
@@ -218,23 +200,6 @@ class RobustLossConfig:
         return params
 
 
-def select_device(device: torch.device | str | None = None) -> torch.device:
-    """``device`` if usable, with an explicit CUDA index; None means CUDA when available, else CPU.
-
-    Requested CUDA without a GPU falls back to CPU with a warning.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            warnings.warn("CUDA requested but not available; running on CPU", RuntimeWarning, stacklevel=2)
-            return torch.device("cpu")
-        if device.index is None:
-            return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _cpu_copy(value: Any) -> Any:
     """Deep copy with every tensor detached and cloned to CPU (a snapshot independent of training)."""
     if isinstance(value, torch.Tensor):
@@ -257,11 +222,6 @@ def _predict(
     return torch.cat([model(augmenter.test_batch(images, chunk)).argmax(dim=1) for chunk in chunks])
 
 
-def accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``predictions`` equal to ``labels`` (0.0 for none), counted exactly."""
-    return int((predictions == labels).sum()) / len(labels) if len(labels) else 0.0
-
-
 def poison_fit(predictions: torch.Tensor, poisoned_labels: torch.Tensor) -> float:
     """Fraction of poisoned samples predicted as their poisoned label (0.0 when there are none)."""
     return accuracy(predictions, poisoned_labels)
@@ -272,24 +232,22 @@ def robust_score(test_acc: float, poison_fit_value: float) -> float:
     return (test_acc + 1.0 - poison_fit_value) / 2.0
 
 
-def run_trial(
-    config: RobustLossConfig, hooks: EpochHooks | None = None, device: torch.device | str | None = None
-) -> TrialResult:
+def run_point(config: RobustLossConfig, context: PointContext) -> PointResult:
     """Poison, train with the configured loss, evaluate after every epoch; see the module docstring.
 
-    With ``hooks``, a state returned by ``hooks.restore()`` resumes after its
-    epoch and gives exactly the numbers of an uninterrupted run;
-    ``hooks.epoch_end`` receives each epoch's metrics and a snapshot builder.
-    Runs with ``config.torch_threads`` threads; the caller's global torch RNG
-    and thread count are left untouched.
+    A state returned by ``context.hooks.restore()`` resumes after its epoch
+    and gives exactly the numbers of an uninterrupted run (on the CPU);
+    ``context.hooks.epoch_end`` receives each epoch's metrics and a snapshot
+    builder.  Runs on ``context.device`` with ``config.torch_threads``
+    threads; the caller's global torch RNG and thread count are left untouched.
     """
-    device = select_device(device)
+    device = select_device(context.device)
     cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices), torch_threads(config.torch_threads):
-        return _run(config, hooks, device)
+        return _run(config, context.hooks, device)
 
 
-def _run(config: RobustLossConfig, hooks: EpochHooks | None, device: torch.device) -> TrialResult:
+def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> PointResult:
     benchmark = BENCHMARKS[config.benchmark]
     recipe = config.recipe()
     info = DATASETS[benchmark.dataset]
@@ -325,7 +283,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks | None, device: torch.devic
     params = config.params()
     histories: dict[str, list[float]] = {"train_loss": [], "test_acc": [], "poison_fit": []}
     start_epoch = 0
-    state = hooks.restore() if hooks is not None else None
+    state = hooks.restore()
     if state is not None:
         if state["params"] != params:
             raise ValueError(f"checkpoint belongs to another configuration: {state['params']} != {params}")
@@ -350,28 +308,27 @@ def _run(config: RobustLossConfig, hooks: EpochHooks | None, device: torch.devic
         fit = poison_fit(_predict(model, augmenter, train_images, poison_eval), train_labels[poison_eval])
         for name, value in (("train_loss", train_loss), ("test_acc", test_acc), ("poison_fit", fit)):
             histories[name].append(value)
-        if hooks is not None:
 
-            def snapshot(epoch: int = epoch) -> dict[str, Any]:
-                return _cpu_copy(
-                    {
-                        "epoch": epoch,
-                        "params": params,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                        "histories": histories,
-                    }
-                )
+        def snapshot(epoch: int = epoch) -> dict[str, Any]:
+            return _cpu_copy(
+                {
+                    "epoch": epoch,
+                    "params": params,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "histories": histories,
+                }
+            )
 
-            epoch_metrics = {"train_loss": train_loss, "test_acc": test_acc, "poison_fit": fit}
-            hooks.epoch_end(epoch, {**epoch_metrics, "robust_score": robust_score(test_acc, fit)}, snapshot)
+        hooks.epoch_end(epoch, {"train_loss": train_loss, "test_acc": test_acc, "poison_fit": fit,
+                                "robust_score": robust_score(test_acc, fit)}, snapshot)
 
     test_acc, fit = histories["test_acc"][-1], histories["poison_fit"][-1]
-    result = TrialResult(
+    result = PointResult(
         metrics={
             "test_acc": test_acc,
             "poison_fit": fit,

@@ -1,0 +1,95 @@
+"""The contract between the science (``core``) and the sweep machinery.
+
+Words: a grid *point* is one fully resolved config; a Ray *trial* computes one
+or more points; each point becomes one MLflow *run*.  A study computes a point
+with a pure function ``run_point(config, context) -> PointResult``: plain
+numbers out, nothing of Ray or MLflow in; ``tune_jobs`` turns the result into
+the point's run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+
+@dataclass
+class PointResult:
+    """What one grid point produced.
+
+    metrics:   final scalars, e.g. ``{"test_acc": 0.9}``.
+    histories: named series; element ``i`` is logged at ``step=i``
+               (the epoch for training curves, the epsilon index for
+               attack sweeps; the study documents which).
+    params:    values derived while running (``param_count``) that belong
+               beside the configured params.
+    artifacts: file name -> content (``str``/``bytes`` written as is,
+               anything else JSON-encoded).
+    """
+
+    metrics: dict[str, float]
+    histories: dict[str, list[float]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+    def check_finite(self) -> None:
+        """Raise ``FloatingPointError`` naming the first non-finite metric."""
+        for name, value in self.metrics.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(f"metric {name!r} is not finite: {value}")
+
+    def check_declared(self, declared: tuple[str, ...]) -> None:
+        """Raise ``KeyError`` naming every declared metric this result lacks."""
+        missing = [name for name in declared if name not in self.metrics]
+        if missing:
+            raise KeyError(f"the point's result lacks declared metric(s) {', '.join(map(repr, missing))}; "
+                           f"it has {', '.join(map(repr, self.metrics)) or 'none'}")
+
+
+class EpochHooks(Protocol):
+    """Per-epoch callbacks a long point may use (checkpoints, live metrics).
+
+    ``tune_jobs`` implements them with Ray Tune checkpoints and MLflow; the
+    default :data:`NO_HOOKS` does nothing, so the same ``run_point`` runs in a
+    plain loop (tests, benchmarks).
+    """
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state saved by the last ``epoch_end`` of an earlier attempt, or None."""
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
+        """Called after each epoch with that epoch's metrics; ``state()`` builds a resumable snapshot."""
+
+
+class NoHooks:
+    """:class:`EpochHooks` that keep nothing: nothing to restore, epochs pass unrecorded."""
+
+    def restore(self) -> None:
+        return None
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
+        return None
+
+
+NO_HOOKS = NoHooks()
+
+
+@dataclass(frozen=True)
+class PointContext:
+    """Where and how a point runs, as opposed to what it computes (its config).
+
+    device:  ``"cpu"`` or ``"cuda"`` (the trial was given a GPU and torch sees one).
+    threads: CPUs Ray reserved for the point (at least 1).  Float reductions
+             depend on torch's thread count, so the built-in studies pin it as
+             a protocol value (``torch_threads``) instead; a study whose
+             numbers do not depend on it may use them all.
+    hooks:   per-epoch callbacks (:data:`NO_HOOKS` for short points).
+    """
+
+    device: str = "cpu"
+    threads: int = 1
+    hooks: EpochHooks = NO_HOOKS
+
+
+PLAIN = PointContext()

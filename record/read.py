@@ -1,0 +1,129 @@
+"""What analysis reads: one sweep as a typed read model (a tidy DataFrame of its point runs plus the parent)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from record import schema
+from record.runs import point_runs, sweep_runs
+from record.store import resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+class SweepNotFound(LookupError):
+    """No experiment or no sweep matches; the message says what was looked for, and where."""
+
+
+@dataclass
+class SweepRecord:
+    """One sweep as recorded: the parent's metadata and one row per grid point with a FINISHED run.
+
+    runs:     columns ``run_id``, ``point``, every param (typed: from the
+              recorded ``robustlab.param_types``, else inferred from the text)
+              and every final metric (float; NaN where a run lacks it); a
+              point with several FINISHED runs keeps the newest.
+    fixed:    the fixed protocol values (typed); ``grid``: each swept dimension's values.
+    """
+
+    client: MlflowClient
+    tracking_uri: str
+    experiment_id: str
+    experiment: str
+    sweep_id: str
+    study: str
+    name: str
+    status: str
+    start_time: int | None
+    command: str | None
+    fixed: dict[str, Any]
+    grid: dict[str, tuple]
+    expected_points: int
+    runs: pd.DataFrame
+    duplicate_points: list[str] = field(default_factory=list)
+    unfinished_points: list[str] = field(default_factory=list)
+
+    def history(self, run_id: str, key: str) -> list[float]:
+        """A metric's values of one point run, ordered by step."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
+        return [m.value for m in points]
+
+
+def find_sweep(client: MlflowClient, experiment_id: str, study: str | None = None,
+               sweep_id: str | None = None):
+    """The parent run of sweep ``sweep_id``, or the experiment's latest (of ``study`` if given); None if none."""
+    if sweep_id is not None:
+        runs = [r for r in sweep_runs(client, experiment_id, study) if r.info.run_id == sweep_id]
+    else:
+        runs = sweep_runs(client, experiment_id, study)
+    return runs[0] if runs else None
+
+
+def _decoder(kinds: dict[str, str]):
+    def decode(name: str, text: str, grid: bool = False) -> Any:
+        kind = kinds.get(name)
+        if grid:  # a dimension's values, comma-joined
+            if kind is None:
+                return tuple(schema.infer(part.strip()) for part in text.split(","))
+            if not kind.startswith("tuple["):
+                kind = f"tuple[{kind.rstrip('?')}]"
+        try:
+            return schema.decode(text, kind, name)
+        except schema.DecodeError:
+            return schema.infer(text)
+
+    return decode
+
+
+def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str | None = None,
+               study: str | None = None) -> SweepRecord:
+    """Sweep ``sweep_id`` (default: the experiment's latest, of ``study`` if given) with its FINISHED point runs."""
+    from mlflow.tracking import MlflowClient  # here, not at import: a launcher loads this module before Ray starts
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise SweepNotFound(f"no experiment {experiment!r} in {uri}")
+    parent = find_sweep(client, found.experiment_id, study, sweep_id)
+    if parent is None:
+        raise SweepNotFound(f"no {study + ' ' if study else ''}sweep{' ' + sweep_id if sweep_id else ''} "
+                            f"in experiment {experiment!r} ({uri})")
+    tags = parent.data.tags
+    decode = _decoder(schema.decode_types(tags.get(schema.TAG_PARAM_TYPES)))
+    grid, fixed = {}, {}
+    for key, text in parent.data.params.items():
+        if key.startswith(schema.GRID_PREFIX):
+            dim = key[len(schema.GRID_PREFIX):]
+            grid[dim] = decode(dim, text, grid=True)
+        else:
+            fixed[key] = decode(key, text)
+    rows, seen, duplicates = [], set(), []
+    children = point_runs(client, found.experiment_id, parent.info.run_id)
+    for run in children:  # newest first
+        if run.info.status != "FINISHED":
+            continue
+        point = run.data.tags.get(schema.TAG_POINT)
+        if point in seen:
+            duplicates.append(point)
+            continue
+        seen.add(point)
+        row = {"run_id": run.info.run_id, "point": point}
+        row.update({key: decode(key, text) for key, text in run.data.params.items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    n_points = tags.get(schema.TAG_N_POINTS)
+    return SweepRecord(
+        client=client, tracking_uri=uri, experiment_id=found.experiment_id, experiment=experiment,
+        sweep_id=parent.info.run_id, study=tags.get(schema.TAG_STUDY, ""), name=parent.info.run_name,
+        status=parent.info.status, start_time=parent.info.start_time, command=tags.get(schema.TAG_COMMAND),
+        fixed=fixed, grid=grid,
+        expected_points=int(n_points) if n_points else (math.prod(map(len, grid.values())) if grid else len(rows)),
+        runs=pd.DataFrame(rows), duplicate_points=sorted(set(duplicates)),
+        unfinished_points=sorted({r.data.tags.get(schema.TAG_POINT) for r in children} - seen),
+    )

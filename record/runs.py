@@ -1,0 +1,63 @@
+"""Experiments and the run queries every reader and writer shares (on a client the caller made)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from record.schema import KIND_POINT, KIND_SWEEP, TAG_KIND, TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a SQLite store, keep artifacts beside the database (``<db dir>/artifacts/<experiment>``)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "artifacts" / experiment).resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created (with artifacts beside a SQLite store) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise ValueError(f"experiment {name!r} is deleted in {tracking_uri}; restore it or pick another name")
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri, name))
+    except Exception:  # another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
+    """Every run matching the filter (all pages), newest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000,
+                                  order_by=["attribute.start_time DESC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str, study: str | None = None) -> list:
+    """The sweeps (parent runs) of an experiment, of one study if given, newest first."""
+    query = f"tags.`{TAG_KIND}` = '{KIND_SWEEP}'"
+    if study is not None:
+        query += f" and tags.`{TAG_STUDY}` = '{study}'"
+    return search_all_runs(client, [experiment_id], query)
+
+
+def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_trial: str | None = None) -> list:
+    """A sweep's point runs (those one Ray trial computed, if given), newest first."""
+    query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_KIND}` = '{KIND_POINT}'"
+    if ray_trial is not None:
+        query += f" and tags.`{TAG_RAY_TRIAL}` = '{ray_trial}'"
+    return search_all_runs(client, [experiment_id], query)

@@ -1,0 +1,151 @@
+"""Names and encoding of the record (no MLflow import).
+
+Run layout (README, "Tracking schema"):
+
+* one parent run per sweep launch: ``robustlab.kind=sweep``, ``robustlab.study``,
+  ``robustlab.sweep_id`` (= its own run id), ``robustlab.n_points``,
+  ``robustlab.command``, ``robustlab.param_types``; params are the fixed
+  protocol values and ``grid.<dim>`` lists;
+* one run per grid point (``mlflow.parentRunId`` = the sweep):
+  ``robustlab.kind=trial`` (the schema's word for a point's run since the
+  first release), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
+  ``robustlab.ray_trial``; flat params; final metrics at step 0 and histories
+  with ``step`` = epoch (or the index the study documents);
+* analysis runs nested under the sweep: ``robustlab.kind=analysis``.
+
+Values are written as text by :func:`encode` and read back by :func:`decode`
+with the type recorded in ``robustlab.param_types`` (a JSON object: param ->
+type name such as ``int``, ``float?``, ``tuple[float]``).  Sweeps written
+before that tag existed are decoded by :func:`infer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+TAG_KIND = "robustlab.kind"
+TAG_STUDY = "robustlab.study"
+TAG_SWEEP = "robustlab.sweep_id"
+TAG_POINT = "robustlab.point"
+TAG_ERROR = "robustlab.error"
+TAG_NODE = "robustlab.node"
+TAG_RAY_TRIAL = "robustlab.ray_trial"
+TAG_N_POINTS = "robustlab.n_points"
+TAG_COMMAND = "robustlab.command"
+TAG_PARAM_TYPES = "robustlab.param_types"
+TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
+TAG_PARENT = "mlflow.parentRunId"
+
+KIND_SWEEP = "sweep"
+KIND_POINT = "trial"
+KIND_ANALYSIS = "analysis"
+
+GRID_PREFIX = "grid."
+TRACEBACK_ARTIFACT = "error/traceback.txt"
+
+_BASES = {int: "int", float: "float", bool: "bool", str: "str"}
+_TYPE_NAME = re.compile(r"^(?:tuple\[)?(int|float|bool|str)\]?\??$")
+
+
+class DecodeError(ValueError):
+    """A param's text does not decode to its type; the message names the param and the text."""
+
+
+def encode(value: Any) -> str:
+    """A config value as param text: tuples and lists comma-joined, floats by ``repr`` (exact round trip)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(encode(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def type_name(hint: Any) -> str:
+    """The record's name for a type hint: ``int``, ``float``, ``bool``, ``str``, ``tuple[X]``, ``X?`` if optional."""
+    optional = ""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = "?" if len(options) < len(typing.get_args(hint)) else ""
+        hint = options[0]
+        origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return f"tuple[{_BASES.get(typing.get_args(hint)[0], 'str')}]{optional}"
+    return _BASES.get(hint, "str") + optional
+
+
+def param_types(config_type: type) -> dict[str, str]:
+    """Type names of a config dataclass's fields."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: type_name(hints[f.name]) for f in dataclasses.fields(config_type)}
+
+
+def decode(text: str, kind: str | None, name: str = "value") -> Any:
+    """Param text back to a value of type ``kind`` (a :func:`type_name`; None: :func:`infer`)."""
+    if kind is None:
+        return infer(text)
+    if not _TYPE_NAME.match(kind):
+        raise DecodeError(f"{name}: unknown type {kind!r}")
+    text = text.strip()
+    if kind.endswith("?"):
+        if text.lower() in ("none", "null", ""):
+            return None
+        kind = kind[:-1]
+    if kind.startswith("tuple["):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise DecodeError(f"{name}: needs at least one value, got {text!r}")
+        return tuple(decode(p, kind[6:-1], name) for p in parts)
+    try:
+        if kind == "bool":
+            if text.lower() in ("1", "true", "yes"):
+                return True
+            if text.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise DecodeError(f"{name}: expected {kind}, got {text!r}") from None
+    return text
+
+
+def infer(text: str) -> Any:
+    """A value from text alone (sweeps without recorded types): None, bool, int, float, a tuple of numbers, or str."""
+    if text == "None":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if "," in text:
+        parts = [infer(p.strip()) for p in text.split(",")]
+        if all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parts):
+            return tuple(parts)
+    return text
+
+
+def encode_types(kinds: Mapping[str, str]) -> str:
+    """The ``robustlab.param_types`` tag value."""
+    return json.dumps(dict(kinds), sort_keys=True, separators=(",", ":"))
+
+
+def decode_types(text: str | None) -> dict[str, str]:
+    """The ``robustlab.param_types`` tag back to a mapping (empty for sweeps written before it existed)."""
+    return json.loads(text) if text else {}
+
+
+def point_key(dims: Sequence[str], values: Mapping[str, Any]) -> str:
+    """Stable identity of a grid point: ``dim=value`` pairs in grid order."""
+    return " ".join(f"{d}={encode(values[d])}" for d in dims)

@@ -1,0 +1,27 @@
+"""``python -m tune_jobs STUDY [flags]``: launch a study sweep.
+
+STUDY is a built-in study's name, ``package.module`` (its ``STUDY``) or
+``package.module:ATTR``: a study in any importable module, the user's own
+included.  ``python -m tune_jobs STUDY --help`` lists the flags.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tune_jobs.cli import exit_process
+from tune_jobs.study import builtin_studies
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print(__doc__.strip() + "\n\nbuilt-in studies: " + ", ".join(builtin_studies()),
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    from tune_jobs.runner import main as launch
+
+    return launch(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    exit_process(main(sys.argv[1:]))

@@ -1,0 +1,41 @@
+"""The launch's console progress, as a Ray Tune callback (imported only once Ray is set up).
+
+The callback is part of the Tuner's saved state, so an experiment restored by
+``--resume`` brings it back: it holds no launch-specific numbers, only the
+study's metric names, and restarts its clock and counts in :meth:`setup`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+
+class PointProgress(tune.Callback):
+    """One line per finished grid point (and per epoch of long points): ``[done/total elapsed] status point``."""
+
+    def __init__(self, metrics: tuple[str, ...]) -> None:
+        self.metrics = tuple(metrics)
+        self.setup()
+
+    def setup(self, **info) -> None:
+        self.start = time.monotonic()
+        self.done = 0
+        self.total: int | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        status = result.get("status")
+        if status is None:
+            return
+        if self.total is None:  # a restored experiment's finished Ray trials report nothing again
+            self.total = trial.config["trial"]["context"]["n_points"]
+            self.done = sum(len(t.config["trial"]["points"]) for t in trials if t.status == "TERMINATED")
+        if status != "epoch":
+            self.done += 1
+        shown = ", ".join(f"{k}={result[k]:.4g}" for k in ("epoch", *self.metrics)
+                          if isinstance(result.get(k), (int, float)))
+        if status == "failed":
+            shown = result.get("error", "")
+        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
+              + (f"  {shown}" if shown else ""), flush=True)
