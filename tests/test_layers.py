@@ -1,0 +1,57 @@
+"""Dependencies point one way: core knows no Ray or MLflow, the record no torch, Ray or launcher, analysis no launcher.
+
+Checked twice: on the source (every import statement, also inside functions)
+and in fresh processes (what importing every module of a package loads).
+"""
+
+import ast
+import json
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, ROOT, python_env
+
+FORBIDDEN = {  # package -> top-level modules it must never import
+    "core": {"ray", "mlflow", "tune_jobs", "record", "analysis"},
+    "record": {"torch", "ray", "tune_jobs", "core", "analysis"},
+    "analysis": {"torch", "ray", "tune_jobs"},
+}
+
+
+def imported_modules(path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_source_file_imports_across_the_layer(package):
+    offending = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        bad = {name for name in imported_modules(path) if name.split(".")[0] in FORBIDDEN[package]}
+        if bad:
+            offending[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not offending, offending
+
+
+LOAD_ALL = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module({package!r})
+for info in pkgutil.walk_packages(package.__path__, {package!r} + "."):
+    importlib.import_module(info.name)
+print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+"""
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_importing_every_module_loads_nothing_across_the_layer(package, tmp_path):
+    proc = subprocess.run([PYTHON, "-c", LOAD_ALL.format(package=package)], cwd=tmp_path, env=python_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert not loaded & FORBIDDEN[package], sorted(loaded & FORBIDDEN[package])

@@ -1,0 +1,128 @@
+"""A researcher's own study, outside the repository: README's example end to end, and the study contract."""
+
+import json
+import re
+import subprocess
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, ROOT, python_env
+from record import schema
+from record.runs import search_all_runs
+from tune_jobs.runner import main
+
+EXAMPLE_MARKER = "<!-- example: my_studies/layer_depth.py -->"
+
+
+def readme_example() -> str:
+    """The code block README gives after its example marker, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(re.escape(EXAMPLE_MARKER) + r"\s*```python\n(.*?)```", text, re.S)
+    assert match, f"README lost its example ({EXAMPLE_MARKER})"
+    return match.group(1)
+
+
+def write_package(root, name: str, modules: dict[str, str]):
+    package = root / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for module, source in modules.items():
+        (package / f"{module}.py").write_text(textwrap.dedent(source))
+    return package
+
+
+def test_readme_example_runs_from_a_package_outside_the_repository(tmp_path):
+    source = readme_example()
+    assert len(source.splitlines()) < 80
+    work = tmp_path / "research"  # the user's own folder: not the repository, not on robustlab's path
+    write_package(work, "my_studies", {"layer_depth": source})
+    out = work / "results"
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    command = [PYTHON, "-m", "tune_jobs", "my_studies.layer_depth",
+               "--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "n_hidden_layers=1,2", "--grid", "seed=1,2",
+               "--set", "epochs=60", "--tracking-uri", uri, "--storage-path", str(work / "ray"),
+               "--analyze", str(out)]
+    proc = subprocess.run(command, cwd=work, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "16/16 grid points finished" in proc.stdout and "passed, 0 failed" in proc.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("layer_depth")
+    runs = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_POINT}'")
+    assert len(runs) == 16 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.params["n_hidden_layers"] for r in runs} == {"1", "2"}
+    assert all(r.data.tags[schema.TAG_STUDY] == "layer_depth" for r in runs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["depths"]) == {"1", "2"} and summary["n_finished_runs"] == 16
+    assert (out / "accuracy_vs_poison.png").stat().st_size > 0
+
+    resumed = subprocess.run(command[:command.index("--analyze")] + ["--resume"], cwd=work, env=python_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "(16 already finished)" in resumed.stdout, resumed.stdout[-2000:]
+
+
+def test_unknown_study_lists_the_built_in_ones(tmp_path):
+    for ref, message in (("poison_sensitivty", "unknown study 'poison_sensitivty'; built-in: adversarial_scaling, "
+                                               "poison_sensitivity, robust_loss"),
+                         ("nowhere.my_study", "no module 'nowhere.my_study' on the Python path")):
+        proc = subprocess.run([PYTHON, "-m", "tune_jobs", ref, "--help"], cwd=tmp_path, env=python_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+BARE_STUDY = """
+    from dataclasses import dataclass
+
+    from core.point import PointResult
+    from tune_jobs.study import Study
+
+
+    @dataclass(frozen=True)
+    class Config:
+        x: int = 1
+
+
+    def run_point(config, context):
+        return PointResult(metrics={"y": float(config.x)})
+
+
+    STUDY = Study(name="bare", description="no analysis", config_type=Config, grid={"x": (1, 2)},
+                  run_point=run_point, metrics=("y",))
+    LIAR = Study(name="liar", description="declares a metric it never reports", config_type=Config,
+                 grid={"x": (1, 2)}, run_point=run_point, metrics=("y", "z"))
+"""
+
+
+def test_a_study_without_analysis_runs_and_refuses_analyze_before_ray(tmp_path):
+    write_package(tmp_path, "bare_pkg", {"bare": BARE_STUDY})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    refused = subprocess.run([PYTHON, "-m", "tune_jobs", "bare_pkg.bare", "--tracking-uri", uri, "--analyze", "out"],
+                             cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--analyze: study 'bare' declares no analysis" in refused.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "refused before anything was created"
+    ran = subprocess.run([PYTHON, "-m", "tune_jobs", "bare_pkg.bare", "--tracking-uri", uri,
+                          "--storage-path", str(tmp_path / "ray")], cwd=tmp_path, env=python_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and "2/2 grid points finished" in ran.stdout, ran.stdout[-2000:] + ran.stderr[-2000:]
+
+
+def test_a_result_without_a_declared_metric_fails_its_point_naming_it(store, monkeypatch):
+    write_package(store["dir"], "liar_pkg", {"liar": BARE_STUDY})
+    monkeypatch.syspath_prepend(str(store["dir"]))  # the driver imports it; Ray's workers get the cwd (store["dir"])
+    status = main("liar_pkg.liar:LIAR", ["--tracking-uri", store["uri"], "--storage-path", store["ray"]])
+    assert status == 1
+    client = MlflowClient(store["uri"])
+    runs = search_all_runs(client, [client.get_experiment_by_name("liar").experiment_id],
+                           f"tags.`{schema.TAG_KIND}` = '{schema.KIND_POINT}'")
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
+    assert all("lacks declared metric(s) 'z'" in r.data.tags[schema.TAG_ERROR] for r in runs)
+
+
+@pytest.mark.parametrize("ref", ["poison_sensitivity", "tune_jobs.studies.poison_sensitivity",
+                                 "tune_jobs.studies.poison_sensitivity:STUDY"])
+def test_the_three_forms_of_a_study_reference_name_the_same_study(ref):
+    from tune_jobs.study import load_study
+
+    assert load_study(ref) is load_study("poison_sensitivity")

@@ -1,0 +1,137 @@
+"""The MLflow record: the value codec, sweeps written by the code before the record module, torch-free reading."""
+
+import io
+import json
+import subprocess
+import tarfile
+
+import pytest
+
+from conftest import PYTHON, ROOT, python_env
+from record import schema
+
+#: The last commit before the record module (issue "Spine v2"): its launchers wrote the sweeps users have today.
+OLD_CODE = "500c55e"
+
+
+@pytest.mark.parametrize("value, hint, kind", [
+    (0.05, float, "float"), (64, int, "int"), (True, bool, "bool"), ("cross_entropy", str, "str"),
+    ((0.01, 0.5), tuple[float, ...], "tuple[float]"), (None, int | None, "int?"), (7, int | None, "int?"),
+    ((1, 2), tuple[int, ...], "tuple[int]"), (None, str | None, "str?"),
+])
+def test_values_round_trip_through_their_recorded_type(value, hint, kind):
+    assert schema.type_name(hint) == kind
+    decoded = schema.decode(schema.encode(value), kind)
+    assert decoded == value and type(decoded) is type(value)
+
+
+def test_decoding_names_the_param_and_the_text():
+    with pytest.raises(schema.DecodeError, match="hidden_width: expected int, got 'wide'"):
+        schema.decode("wide", "int", "hidden_width")
+    with pytest.raises(schema.DecodeError, match="epsilons: needs at least one value"):
+        schema.decode(",", "tuple[float]", "epsilons")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("42", 42), ("0.05", 0.05), ("True", True), ("None", None), ("0.01,0.05,0.1", (0.01, 0.05, 0.1)),
+    ("resnet20-cifar10-labelflip", "resnet20-cifar10-labelflip"), ("path/a,b.py", "path/a,b.py"),
+])
+def test_sweeps_without_recorded_types_are_read_by_inference(text, value):
+    assert schema.infer(text) == value
+
+
+def _old_code(tmp_path):
+    """The launchers and analyses of commit OLD_CODE, extracted beside the test (skip where history is missing)."""
+    found = subprocess.run(["git", "-C", str(ROOT), "archive", OLD_CODE, "core", "tune_jobs", "analysis"],
+                           capture_output=True)
+    if found.returncode != 0:
+        pytest.skip(f"commit {OLD_CODE} is not in this clone's history ({found.stderr.decode().strip()})")
+    folder = tmp_path / "old"
+    tarfile.open(fileobj=io.BytesIO(found.stdout)).extractall(folder, filter="data")
+    return folder
+
+
+def _run(args, cwd, pythonpath):
+    env = dict(python_env(), PYTHONPATH=str(pythonpath))
+    proc = subprocess.run([PYTHON, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_a_sweep_written_by_the_old_code_is_read_by_the_new_analysis_to_the_digit(tmp_path):
+    old = _old_code(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    common = ["--tracking-uri", uri, "--storage-path", str(work / "ray")]
+    _run(["-m", "tune_jobs.poison_sensitivity", "--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "hidden_width=16",
+          "--grid", "seed=1,2", "--set", "epochs=40", "--analyze", str(work / "old-ps"), *common], work, old)
+    _run(["-m", "tune_jobs.adversarial_scaling", "--grid", "hidden_width=16,32,64", "--grid", "seed=1",
+          "--set", "max_epochs=30", "--set", "epsilons=0.05,0.2", "--analyze", str(work / "old-adv"), *common],
+         work, old)
+    from record.read import read_sweep
+
+    for study in ("poison_sensitivity", "adversarial_scaling"):  # the old record: no types, read by inference
+        sweep = read_sweep(study, uri)
+        assert schema.TAG_PARAM_TYPES not in sweep.client.get_run(sweep.sweep_id).data.tags
+    assert sweep.grid == {"dataset": ("circles", "moons"), "hidden_width": (16, 32, 64), "seed": (1,)}
+    assert sweep.fixed["epsilons"] == (0.05, 0.2) and sweep.runs["hidden_width"].dtype.kind == "i"
+    for study, table in (("poison_sensitivity", "sigmoid_fits"), ("adversarial_scaling", "robustness_by_width")):
+        _run(["-m", f"analysis.{study}", "--tracking-uri", uri, "--out", str(work / f"new-{study}"), "--no-log",
+              "--validate"], work, ROOT)
+        old_out = work / ("old-ps" if study == "poison_sensitivity" else "old-adv")
+        assert (work / f"new-{study}" / f"{table}.md").read_text() == (old_out / f"{table}.md").read_text()
+        new, before = (json.loads((folder / "summary.json").read_text()) for folder in (work / f"new-{study}", old_out))
+        assert new == before
+
+
+WRITE_SWEEPS = """
+import sys
+from mlflow.tracking import MlflowClient
+from core.point import PLAIN
+from record.runs import get_or_create_experiment
+from record.write import SweepWriter, create_sweep
+from tune_jobs.study import load_study
+
+uri = sys.argv[1]
+client = MlflowClient(uri)
+for name, grid, fixed in (
+    ("poison_sensitivity", {"poison_fraction": (0.0, 0.5), "hidden_width": (8,), "seed": (1, 2)}, {"epochs": 10}),
+    ("robust_loss", {"loss": ("cross_entropy", "generalized_ce")}, {"scale": "smoke"}),
+):
+    study = load_study(name)
+    defaults = study.defaults() | fixed
+    grid = dict(study.grid) | grid
+    points = study.points(grid, defaults)
+    experiment = get_or_create_experiment(client, name, uri)
+    sweep = create_sweep(client, experiment, study=name, run_name=name, command="test", fixed=defaults, grid=grid,
+                         n_points=len(points), param_types=study.param_types())
+    writer = SweepWriter(uri, experiment, sweep, name)
+    for config in points:
+        run = writer.start(study.point_key(config), study.params(config), "no-ray")
+        writer.finish(run, study.run_point(config, PLAIN))
+    writer.close(len(points), len(points), False)
+"""
+
+READ_WITHOUT_TORCH = """
+import runpy, sys
+sys.argv = ["analysis.{study}", "--tracking-uri", {uri!r}, "--out", {out!r}]
+try:
+    runpy.run_module("analysis.{study}", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    print("STATUS", exit.code)
+from record.read import read_sweep
+sweep = read_sweep("{study}", {uri!r})
+print("ROWS", len(sweep.runs), "GRID", sweep.grid)
+print("LOADED", sorted(m for m in ("torch", "ray", "tune_jobs", "core.vision_data", "core.studies") if m in sys.modules))
+"""
+
+
+def test_analyses_and_the_read_model_run_without_torch_or_ray(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _run(["-c", WRITE_SWEEPS, uri], tmp_path, ROOT)
+    for study, rows, grid in (("poison_sensitivity", 4, "'hidden_width': (8,)"), ("robust_loss", 2, "'seed': (42,)")):
+        out = _run(["-c", READ_WITHOUT_TORCH.format(study=study, uri=uri, out=str(tmp_path / study))], tmp_path, ROOT)
+        assert "STATUS 0" in out and f"ROWS {rows}" in out and grid in out, out[-2000:]
+        assert "LOADED []" in out, out[-2000:]
+        assert (tmp_path / study / "summary.json").exists()
