@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import inspect
 import sys
+import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,9 +262,33 @@ def probe_loss(
             raise LossContractError("compute_loss has a non-finite gradient w.r.t. the logits")
 
 
-def check_loss(spec: str, num_classes: int, device: torch.device | str = "cpu") -> LossSource:
-    """Load, instantiate and probe ``spec``; return its :class:`LossSource` for the trials."""
-    loss_source = load_loss_source(spec)
-    probe_loss(instantiate_loss(loss_source), num_classes, device)
-    return loss_source
+def check_loss(spec: str, num_classes: int, device: torch.device | str = "cpu",
+               timeout_s: float = 30.0) -> LossSource:
+    """Load, instantiate and probe ``spec`` within ``timeout_s``; return its :class:`LossSource` for the points.
+
+    Every :class:`LossContractError` names the loss.  The probe runs in a
+    daemon thread: a loss that never returns is reported, not waited for.
+    """
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            loss_source = load_loss_source(spec)
+            probe_loss(instantiate_loss(loss_source), num_classes, device)
+            outcome["source"] = loss_source
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=probe, name=f"probe {spec}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise LossContractError(f"loss {spec!r}: the probe did not return within {timeout_s:g} s "
+                                "(does compute_loss loop or wait?)")
+    error = outcome.get("error")
+    if isinstance(error, LossContractError) and repr(spec) not in str(error):
+        raise LossContractError(f"loss {spec!r}: {error}") from error
+    if error is not None:
+        raise error
+    return outcome["source"]
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from record import schema
 from record.runs import point_runs, sweep_runs
-from record.store import resolve_tracking_uri
+from record.store import StoreError, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -85,7 +85,13 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
     """Sweep ``sweep_id`` (default: the experiment's latest, of ``study`` if given) with its FINISHED point runs."""
     from mlflow.tracking import MlflowClient  # here, not at import: a launcher loads this module before Ray starts
 
-    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        uri = resolve_tracking_uri(tracking_uri)
+    except StoreError as error:
+        raise SweepNotFound(str(error)) from None
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():  # reading creates nothing
+        raise SweepNotFound(f"no tracking store at {db}")
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

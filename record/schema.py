@@ -40,6 +40,7 @@ TAG_N_POINTS = "robustlab.n_points"
 TAG_COMMAND = "robustlab.command"
 TAG_PARAM_TYPES = "robustlab.param_types"
 TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
+TAG_LEASE = "robustlab.lease"
 TAG_PARENT = "mlflow.parentRunId"
 
 KIND_SWEEP = "sweep"

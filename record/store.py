@@ -6,36 +6,99 @@ pays for MLflow's (~2 s), so the two overlap.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 DEFAULT_STORE_DIR = "mlruns"
+
+#: URI schemes MLflow 3 can track to (a database through SQLAlchemy, or a tracking server).
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+class StoreError(ValueError):
+    """A tracking URI or a folder that cannot be used; the message names it and says why."""
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The URI to use, absolute so Ray workers (other cwd, other hosts) reach the same store.
 
     Order: ``uri``, ``$MLFLOW_TRACKING_URI``, then the embedded default
-    ``sqlite:///<cwd>/mlruns/mlflow.db``.
+    ``sqlite:///<cwd>/mlruns/mlflow.db``.  Nothing is created here.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
-        store = Path.cwd() / DEFAULT_STORE_DIR
-        store.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store / 'mlflow.db'}"
-    if uri.startswith("file:") or urlparse(uri).scheme == "":
-        raise ValueError(
+        return f"sqlite:///{Path.cwd() / DEFAULT_STORE_DIR / 'mlflow.db'}"
+    scheme = urlparse(uri).scheme.partition("+")[0]
+    if uri.startswith("file:") or scheme == "":
+        raise StoreError(
             f"tracking URI {uri!r}: MLflow 3 no longer supports the file store; use sqlite:///path/mlflow.db "
             "or an http(s):// tracking server"
         )
+    if scheme not in SCHEMES:
+        raise StoreError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
             path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path.resolve()}"
     return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def private_folder(path: Path, what: str) -> Path:
+    """``path`` created if missing (readable by the user only) and checked writable by a real write."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise StoreError(f"{what} {path} cannot be written: {error.strerror or error}") from None
+    return path
+
+
+def prepare_store(uri: str) -> None:
+    """Before a launch writes to a SQLite store: its folder and database exist, are private and writable.
+
+    A new folder (and its ``artifacts/``) is created ``0700`` and a new
+    database file ``0600`` (MLflow would leave them readable by everyone);
+    other stores are left to their server.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    private_folder(db.parent, "the tracking store's folder")
+    private_folder(db.parent / "artifacts", "the tracking store's artifact folder")
+    try:
+        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        if not os.access(db, os.R_OK | os.W_OK):
+            raise StoreError(f"the tracking store {db} is not readable and writable by this user") from None
+    except OSError as error:
+        raise StoreError(f"the tracking store {db} cannot be created: {error.strerror or error}") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, hold ``<db>.lock`` exclusively: two first launches do not race MLflow's schema creation."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class TrackingUnavailable(RuntimeError):

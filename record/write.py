@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
+import sys
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from record import schema
 from record.runs import point_runs
+from record.store import StoreError
 
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
@@ -86,6 +93,17 @@ def create_sweep(client: MlflowClient, experiment_id: str, *, study: str, run_na
     return sweep_id
 
 
+def check_artifacts(client: MlflowClient, sweep_id: str) -> None:
+    """Write ``launch.json`` (who launched what, when) to the parent run: proves the artifact store takes writes
+    before any point trains; a ``StoreError`` names the artifact location otherwise."""
+    note = {"command": sys.argv, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    try:
+        client.log_text(sweep_id, json.dumps(note, indent=1), "launch.json")
+    except Exception as error:  # noqa: BLE001 - any failure here means artifacts would be lost
+        location = client.get_run(sweep_id).info.artifact_uri
+        raise StoreError(f"the artifact store {location} cannot be written: {error}") from None
+
+
 def terminal_status(n_points: int, n_finished: int, interrupted: bool) -> str:
     """The parent run's final status: KILLED when interrupted, FINISHED when every point finished, else FAILED."""
     if interrupted:
@@ -98,8 +116,6 @@ def node_address() -> str:
 
     Ray is not imported here: only a process that already runs it is asked.
     """
-    import sys
-
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         return ray.util.get_node_ip_address()
@@ -116,6 +132,13 @@ class SweepWriter:
         self.experiment_id = experiment_id
         self.sweep_id = sweep_id
         self.study = study
+
+    def recorded_params(self) -> dict[str, dict[str, str]]:
+        """The params each point's newest run recorded, by point (what ``--resume`` compares a point against)."""
+        found: dict[str, dict[str, str]] = {}
+        for run in point_runs(self.client, self.experiment_id, self.sweep_id):  # newest first
+            found.setdefault(run.data.tags.get(schema.TAG_POINT), dict(run.data.params))
+        return found
 
     def runs_by_point(self, ray_trial: str) -> dict[str, list]:
         """The runs one Ray trial's earlier attempts left (a retry's, a restore's), by point: one search."""
@@ -141,9 +164,10 @@ class SweepWriter:
         finished = {r.data.tags.get(schema.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
         return finished, {r.data.tags.get(schema.TAG_POINT) for r in runs if r.info.status == "FAILED"} - finished
 
-    def ray_experiment(self) -> str | None:
-        """The Ray Tune experiment folder recorded on the parent run, if any."""
-        return self.client.get_run(self.sweep_id).data.tags.get(schema.TAG_RAY_EXPERIMENT)
+    def abandon(self, status: str, reason: str) -> None:
+        """End the parent run of a launch that stopped before its Ray trials ran, with ``reason`` as its error."""
+        self.client.set_terminated(self.sweep_id, status)
+        self.client.set_tag(self.sweep_id, schema.TAG_ERROR, reason[:4000])
 
     def record_ray_experiment(self, path: str) -> None:
         """Record where Ray Tune keeps this sweep's state (``--resume`` restores it from there)."""
@@ -187,11 +211,26 @@ class SweepWriter:
                                                if math.isfinite(v)])
 
     def fail(self, run_id: str, error: BaseException) -> None:
-        """Mark the run FAILED with the message as a tag and the traceback as an artifact."""
-        message = f"{type(error).__name__}: {error}"[:4000]
-        self.client.set_tag(run_id, schema.TAG_ERROR, message)
-        self.client.log_text(run_id, "".join(traceback.format_exception(error)), schema.TRACEBACK_ARTIFACT)
+        """Mark the run FAILED, then add the message as a tag and the traceback as an artifact.
+
+        The status comes first: a store that takes no artifacts (or no tags) still ends the run.
+        """
         self.client.set_terminated(run_id, "FAILED")
+        self.client.set_tag(run_id, schema.TAG_ERROR, f"{type(error).__name__}: {error}"[:4000])
+        try:
+            self.client.log_text(run_id, "".join(traceback.format_exception(error)), schema.TRACEBACK_ARTIFACT)
+        except Exception:  # noqa: BLE001 - the run is FAILED with its message; the traceback is a bonus
+            pass
+
+    def end_orphans(self, status: str, reason: str) -> int:
+        """After a launch's Ray trials are all over: end the runs still RUNNING (their Ray trial died) with
+        ``status`` and ``reason`` as their error; returns how many."""
+        orphans = [r for r in point_runs(self.client, self.experiment_id, self.sweep_id)
+                   if r.info.status == "RUNNING"]
+        for run in orphans:
+            self.client.set_terminated(run.info.run_id, status)
+            self.client.set_tag(run.info.run_id, schema.TAG_ERROR, reason)
+        return len(orphans)
 
 
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
@@ -209,3 +248,86 @@ def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, st
 def reopen_sweep(client: MlflowClient, sweep_id: str) -> None:
     """Mark a sweep's parent RUNNING again (``--resume``)."""
     client.update_run(sweep_id, status="RUNNING")
+
+
+class LeaseHeld(RuntimeError):
+    """Another launch holds a sweep's lease; the message says who and since when."""
+
+
+class Lease:
+    """One writer per sweep: a heartbeat tag on the parent run (``robustlab.lease``), renewed while a launch runs.
+
+    A lease is fresh while its last renewal is younger than ``ttl_s``; a launch
+    refuses a sweep whose lease another holder keeps fresh, unless forced (a
+    holder on this host whose process is gone holds nothing).
+    """
+
+    def __init__(self, client: MlflowClient, sweep_id: str, ttl_s: float = 60.0, renew_s: float = 15.0) -> None:
+        self.client, self.sweep_id, self.ttl_s, self.renew_s = client, sweep_id, ttl_s, renew_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.since = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def value(self, now: float | None = None) -> str:
+        return json.dumps({"holder": self.holder, "since": self.since, "renewed": now or time.time()})
+
+    def current(self) -> dict | None:
+        text = self.client.get_run(self.sweep_id).data.tags.get(schema.TAG_LEASE)
+        return json.loads(text) if text else None
+
+    def acquire(self, force: bool = False, settle_s: float = 1.0) -> None:
+        """Take the lease, or raise :class:`LeaseHeld` naming the holder; a write-then-read settles a race."""
+        held = self.current()
+        if held and not force and held["holder"] != self.holder and self._alive(held):
+            raise LeaseHeld(self._describe(held))
+        self.client.set_tag(self.sweep_id, schema.TAG_LEASE, self.value())
+        time.sleep(settle_s)
+        held = self.current()
+        if held and held["holder"] != self.holder:
+            raise LeaseHeld(self._describe(held))
+
+    def _alive(self, held: dict) -> bool:
+        """Fresh (renewed within ``ttl_s``) and not provably dead: a holder on this host whose process is gone."""
+        if time.time() - held["renewed"] >= self.ttl_s:
+            return False
+        host, pid, _ = held["holder"].split(":")
+        if host != socket.gethostname():
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: alive
+            pass
+        return True
+
+    def _describe(self, held: dict) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(held["since"]))
+        host, pid, _ = held["holder"].split(":")
+        return (f"another launch is running sweep {self.sweep_id} (host {host}, pid {pid}) since {since}; "
+                f"its last heartbeat was {time.time() - held['renewed']:.0f} s ago (a lease expires after "
+                f"{self.ttl_s:.0f} s)")
+
+    def keep(self, tracking_uri: str) -> None:
+        """Renew the lease every ``renew_s`` in a daemon thread (its own client) until :meth:`release`."""
+        client = MlflowClient(tracking_uri)
+
+        def renew() -> None:
+            while not self._stop.wait(self.renew_s):
+                try:
+                    client.set_tag(self.sweep_id, schema.TAG_LEASE, self.value())
+                except Exception:  # noqa: BLE001 - a store that stopped answering is the launch's to report
+                    pass
+
+        self._thread = threading.Thread(target=renew, name="robustlab-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease (a later ``--resume`` may start at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(Exception):
+            if (self.current() or {}).get("holder") == self.holder:
+                self.client.delete_tag(self.sweep_id, schema.TAG_LEASE)

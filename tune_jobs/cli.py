@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import typing
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from record.schema import DecodeError, decode, encode, type_name
+from record.store import StoreError, resolve_tracking_uri
 from tune_jobs.study import BUILTIN_PACKAGE, Study
 
 
@@ -52,7 +54,7 @@ class Launch:
     grid: dict[str, tuple]
     fixed: dict[str, Any]
     points: list[Any]
-    tracking_uri: str | None
+    tracking_uri: str
     experiment: str
     address: str | None
     cpus_per_trial: float
@@ -61,9 +63,13 @@ class Launch:
     max_failures: int
     points_per_trial: int
     resume: str | None
+    force: bool
     storage_path: str | None
     analyze_out: str | None
     switches: dict[str, bool]
+    tracking_timeout: float
+    point_timeout: float | None
+    wait_for_resources: bool
 
 
 def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
@@ -86,7 +92,15 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     t.add_argument("--experiment", default=study.name, help="MLflow experiment name (default: %(default)s)")
     t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="SWEEP_ID",
                    help="continue an interrupted sweep (default: the experiment's latest) instead of starting one; "
-                        "finished grid points are not run again")
+                        "finished grid points are not run again. Refused while another launch holds the sweep's "
+                        "lease (renewed every 15 s, expires after 60 s)")
+    t.add_argument("--force", action="store_true",
+                   help="with --resume: take the sweep over although its lease looks fresh (its launch's machine "
+                        "died less than 60 s ago)")
+    t.add_argument("--tracking-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up on a tracking server that stops answering after about this long (default: "
+                        "%(default)g; MLflow's own retries take up to a third of it, so a server back within "
+                        "~30 s loses nothing); then the launch stops and says how to resume")
     r = parser.add_argument_group("compute (Ray)")
     r.add_argument("--address", default=None,
                    help="join an existing Ray cluster ('auto' finds a local one); default: start a local Ray "
@@ -101,7 +115,14 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                    help="grid points one Ray trial computes in sequence (default: %(default)s; each point is still "
                         "its own MLflow run)")
     r.add_argument("--storage-path", default=None,
-                   help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results)")
+                   help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results; "
+                        "created readable by you only)")
+    r.add_argument("--point-timeout", type=float, default=study.point_timeout, metavar="SECONDS",
+                   help="fail a point that runs longer than this; 0 for none (default: "
+                        + (f"{study.point_timeout:g}" if study.point_timeout else "none") + ")")
+    r.add_argument("--wait-for-resources", action="store_true",
+                   help="wait for a node that can hold a Ray trial (a cluster whose autoscaler adds nodes); "
+                        "by default a request no node can meet exits with status 2 before any Ray trial")
     if study.options:
         s = parser.add_argument_group(f"{study.name} options")
         for option in study.options:
@@ -160,6 +181,19 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
                          f", got {args.points_per_trial}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if not args.experiment.strip() or len(args.experiment) > 500 or args.experiment != args.experiment.strip():
+        raise UsageError(f"--experiment must be a non-empty name of at most 500 characters without surrounding "
+                         f"spaces, got {args.experiment!r}")
+    if args.tracking_timeout < 10 or not math.isfinite(args.tracking_timeout):
+        raise UsageError(f"--tracking-timeout must be >= 10 seconds, got {args.tracking_timeout:g}")
+    if args.point_timeout is not None and (args.point_timeout < 0 or not math.isfinite(args.point_timeout)):
+        raise UsageError(f"--point-timeout must be >= 0 seconds (0: none), got {args.point_timeout:g}")
+    if args.force and not args.resume:
+        raise UsageError("--force goes with --resume")
+    try:
+        tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    except StoreError as error:
+        raise UsageError(f"--tracking-uri: {error}") from None
     if args.analyze is not None and study.analysis is None:
         raise UsageError(f"--analyze: study {study.name!r} declares no analysis")
     try:
@@ -167,11 +201,13 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return Launch(
-        study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, tracking_uri=args.tracking_uri,
+        study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, tracking_uri=tracking_uri,
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         points_per_trial=args.points_per_trial,
-        resume=args.resume, storage_path=args.storage_path, analyze_out=args.analyze,
+        resume=args.resume, force=args.force, storage_path=args.storage_path, analyze_out=args.analyze,
+        tracking_timeout=args.tracking_timeout, point_timeout=args.point_timeout or None,
+        wait_for_resources=args.wait_for_resources,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},
     )

@@ -3,6 +3,9 @@
 The callback is part of the Tuner's saved state, so an experiment restored by
 ``--resume`` brings it back: it holds no launch-specific numbers, only the
 study's metric names, and restarts its clock and counts in :meth:`setup`.
+It also ends the Tune run when a Ray trial reports that the tracking store
+stopped answering (a Stopper would mark the stopped Ray trials finished, and
+a later ``--resume`` would skip their points).
 """
 
 from __future__ import annotations
@@ -10,6 +13,14 @@ from __future__ import annotations
 import time
 
 from ray import tune
+
+
+#: The status a Ray trial reports when the tracking store stopped answering.
+TRACKING_LOST = "tracking_lost"
+
+
+class TrackingLostError(RuntimeError):
+    """Raised from the callback to end the whole Tune run at once: no point can be recorded any more."""
 
 
 class PointProgress(tune.Callback):
@@ -28,6 +39,8 @@ class PointProgress(tune.Callback):
         status = result.get("status")
         if status is None:
             return
+        if status == TRACKING_LOST:  # Tune fails the run; its saved state keeps running Ray trials unfinished
+            raise TrackingLostError(result.get("error", ""))
         if self.total is None:  # a restored experiment's finished Ray trials report nothing again
             self.total = trial.config["trial"]["context"]["n_points"]
             self.done = sum(len(t.config["trial"]["points"]) for t in trials if t.status == "TERMINATED")
@@ -39,3 +52,4 @@ class PointProgress(tune.Callback):
             shown = result.get("error", "")
         print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
               + (f"  {shown}" if shown else ""), flush=True)
+

@@ -9,6 +9,7 @@ Ray's start-up is under way, so MLflow's ~2 s import overlaps it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -17,17 +18,19 @@ import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from record import schema
-from record.store import TrackingUnavailable, check_reachable, resolve_tracking_uri
+from record.store import (StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder,
+                          sqlite_path, store_lock)
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
 from tune_jobs.study import load_study, study_ref
 
 if TYPE_CHECKING:
-    from record.write import SweepWriter
+    from record.write import Lease, SweepWriter
 
 #: The packages a Ray worker on another node needs (shipped with ``runtime_env``).
 PROJECT_PACKAGES = ("core", "record", "analysis", "tune_jobs")
@@ -68,15 +71,45 @@ def _start_ray(launch: Launch) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # MLflow is the record: no per-result JSON/CSV/TensorBoard files from the driver (set it to 0 to get them back).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Ctrl-C is a KeyboardInterrupt here (Tune's own handler ends the run as if it had completed): the launch
+    # stops at once and ends the parent and the in-flight runs KILLED.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import ray
 
     # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if launch.address is None:
         ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
-    else:  # ship the code to every node: no shared filesystem or install of robustlab needed
-        ray.init(address=launch.address, logging_level="WARNING",
-                 runtime_env={"py_modules": _packages_to_ship(launch.study_ref)})
+    else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
+        try:
+            ray.init(address=launch.address, logging_level="WARNING",
+                     runtime_env={"py_modules": _packages_to_ship(launch.study_ref),
+                                  "env_vars": {k: os.environ[k] for k in PRIVATE_DEFAULTS if k in os.environ}})
+        except ConnectionError as error:
+            raise UsageError(f"--address {launch.address}: no Ray cluster answers ({error})") from None
+
+
+#: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry.
+PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
+
+
+def set_private_defaults(tracking_timeout_s: float) -> None:
+    """Telemetry off, and MLflow's HTTP retries bounded by ``tracking_timeout_s`` (each only if the user set none).
+
+    MLflow retries a request with exponential backoff (urllib3: no wait, then
+    2, 4, 8, ... s). Up to 7 retries (MLflow's own default) take waits of at
+    most a third of the bound (5 retries, 30 s of waits at the default 120 s:
+    a server restarted within ~30 s loses nothing); the rest is shared by the
+    attempts' own timeouts.
+    """
+    retries = max(r for r in range(8) if 2 ** r - 2 <= tracking_timeout_s / 3)
+    per_request = max(1, int((tracking_timeout_s - (2 ** retries - 2)) / (retries + 1)))
+    bound = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(per_request)}
+    for key, value in (PRIVATE_DEFAULTS | bound).items():
+        os.environ.setdefault(key, value)
 
 
 def _packages_to_ship(ref: str) -> list[str]:
@@ -94,10 +127,10 @@ def _packages_to_ship(ref: str) -> list[str]:
     return folders
 
 
-def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
-    """The parent run: a new one, or with ``--resume`` the one to continue."""
+def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]:
+    """The parent run and its lease: a new sweep, or with ``--resume`` the one to continue (if no launch holds it)."""
     from record.read import find_sweep
-    from record.write import create_sweep, reopen_sweep
+    from record.write import Lease, LeaseHeld, create_sweep, reopen_sweep
 
     study = launch.study
     if launch.resume:
@@ -112,29 +145,67 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> str:
         if recorded and recorded != requested:
             raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {recorded}, "
                              f"this command asks for {requested}")
+        lease = Lease(client, sweep.info.run_id)
+        try:
+            lease.acquire(force=launch.force)
+        except LeaseHeld as held:
+            raise UsageError(f"--resume: {held}; wait for it to end, or pass --force if that machine is dead") from None
         reopen_sweep(client, sweep.info.run_id)
-        return sweep.info.run_id
-    return create_sweep(
+        return sweep.info.run_id, lease
+    sweep_id = create_sweep(
         client, experiment_id, study=study.name, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         command=" ".join(sys.argv), fixed={k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
         grid=launch.grid, n_points=len(launch.points), param_types=study.param_types(),
     )
+    lease = Lease(client, sweep_id)
+    lease.acquire(settle_s=0)
+    return sweep_id, lease
 
 
-def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str]]:
-    """The sweep's parent run (opened, or found for ``--resume``) and the points it already finished.
+def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lease]:
+    """The sweep's parent run (opened, or found for ``--resume``), the points it already finished, its lease.
 
-    Runs in a thread while Ray starts: the driver's first MLflow import happens here.
+    For a new sweep this runs in a thread while Ray starts (the driver's first
+    MLflow import happens here); a small artifact on the parent proves the
+    artifact store takes writes before any point trains.
     """
     from mlflow.tracking import MlflowClient
 
     from record.runs import get_or_create_experiment
-    from record.write import SweepWriter
+    from record.write import SweepWriter, check_artifacts
 
-    client = MlflowClient(uri)
-    experiment_id = get_or_create_experiment(client, launch.experiment, uri)
-    sweep = SweepWriter(uri, experiment_id, _open_sweep(client, launch, experiment_id), launch.study.name)
-    return sweep, sweep.take_over() if launch.resume else set()
+    with store_lock(uri):  # a new SQLite store's tables are created once (by the client), not by two at a time
+        client = MlflowClient(uri)
+        experiment_id = get_or_create_experiment(client, launch.experiment, uri)
+    sweep_id, lease = _open_sweep(client, launch, experiment_id)
+    sweep = SweepWriter(uri, experiment_id, sweep_id, launch.study.name)
+    try:
+        check_artifacts(client, sweep_id)
+        finished = sweep.take_over() if launch.resume else set()
+        _check_unchanged(launch, sweep)
+    except Exception as error:
+        _abandon(sweep, lease, error)
+        raise
+    lease.keep(uri)
+    return sweep, finished, lease
+
+
+def _check_unchanged(launch: Launch, sweep: SweepWriter) -> None:
+    """``--resume``: a point's params must be those its earlier runs recorded (a changed loss file's SHA-256
+    among them): the code a resumed point runs is the code the user passes now, checked against the record."""
+    if not launch.resume:
+        return
+    recorded = sweep.recorded_params()
+    for config in launch.points:
+        before = recorded.get(launch.study.point_key(config))
+        if before is None:
+            continue
+        now = {k: schema.encode(v) for k, v in launch.study.params(config).items()}
+        changed = sorted(k for k in now if k in before and before[k] != now[k])
+        if changed:
+            key = changed[0]
+            raise UsageError(f"--resume: point {launch.study.point_key(config)} was run with {key}={before[key]}, "
+                             f"this command gives {key}={now[key]}; resume with the same inputs, or start a new sweep")
 
 
 def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
@@ -148,55 +219,117 @@ def _check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
         raise UsageError(f"--address {address}: no Ray cluster answers there ({error})") from None
 
 
+def _check_resources(launch: Launch) -> None:
+    """A Ray trial's CPUs and GPUs must fit on one alive node (else Ray waits forever); ``--wait-for-resources``
+    skips this for a cluster whose autoscaler adds nodes."""
+    import ray
+
+    if launch.wait_for_resources:
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= launch.cpus_per_trial and n.get("GPU", 0) >= launch.gpus_per_trial for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    raise UsageError(f"no node of the Ray cluster can hold a Ray trial of {launch.cpus_per_trial:g} CPU(s) and "
+                     f"{launch.gpus_per_trial:g} GPU(s) (the largest node has {largest.get('CPU', 0):g} CPU(s), "
+                     f"{largest.get('GPU', 0):g} GPU(s)); lower --cpus-per-trial / --gpus-per-trial, or pass "
+                     "--wait-for-resources for a cluster that adds nodes")
+
+
+class TrackingLost(RuntimeError):
+    """The tracking store stopped answering during the launch; the message says what to do."""
+
+
 def run_sweep(launch: Launch) -> tuple[int, str]:
     """Run the launch end to end, its ``--analyze`` step included; returns the exit status and the sweep id.
 
     The status is 0 when every point finished (and the analysis passed), else non-zero.
     """
     study = launch.study
-    uri = resolve_tracking_uri(launch.tracking_uri)
+    uri = launch.tracking_uri
     try:
         prepared = study.prepare(launch.points, launch.switches) if study.prepare else launch.points
     except ValueError as error:  # e.g. a user loss that breaks the contract, a missing data folder
         raise UsageError(str(error)) from None
+    launch = dataclasses.replace(launch, points=prepared)
+    storage = private_folder(Path(launch.storage_path or "~/ray_results").expanduser().absolute(), "--storage-path")
+    set_private_defaults(launch.tracking_timeout)
     check_reachable(uri)
+    prepare_store(uri)
     _check_ray_address(launch.address)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the tracking store opens while Ray starts (in this thread)
-        opening = pool.submit(_open_tracking, launch, uri)
+    if launch.resume:  # the lease and the record's checks come before anything starts
+        sweep, finished, lease = _open_tracking(launch, uri)
         try:
             _start_ray(launch)
-        finally:
-            sweep, finished = opening.result()
-    pending = [cfg for cfg in prepared if study.point_key(cfg) not in finished]
-    if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
-        pending.sort(key=study.cost, reverse=True)
-    chunks = _plan_trials([asdict(cfg) for cfg in pending], launch.points_per_trial, _trial_slots(launch))
-    print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished) in {len(chunks)} "
-          f"Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
-
-    interrupted = False
-    if pending:
-        context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
-                   "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
-                   "gpus_per_trial": launch.gpus_per_trial, "n_points": len(pending)}
-        trials = [{"context": context, "points": chunk} for chunk in chunks]
-        try:
-            _run_tuner(launch, _experiment_path(launch, sweep), trials)
-        except KeyboardInterrupt:
-            interrupted = True
+        except BaseException as error:
+            _abandon(sweep, lease, error)
+            raise
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the tracking store opens while Ray starts (in this thread)
+            opening = pool.submit(_open_tracking, launch, uri)
+            try:
+                _start_ray(launch)
+            except BaseException as error:
+                opened, _, held = opening.result()
+                _abandon(opened, held, error)
+                raise
+            sweep, finished, lease = opening.result()
     import ray  # imported by _start_ray, after the loopback switch was set
 
+    interrupted, lost = False, None
+    try:
+        _check_resources(launch)
+        pending = [cfg for cfg in launch.points if study.point_key(cfg) not in finished]
+        if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
+            pending.sort(key=study.cost, reverse=True)
+        chunks = _plan_trials([asdict(cfg) for cfg in pending], launch.points_per_trial, _trial_slots(launch))
+        print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished) in {len(chunks)} "
+              f"Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
+        if pending:
+            context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
+                       "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
+                       "gpus_per_trial": launch.gpus_per_trial, "n_points": len(pending),
+                       "point_timeout": launch.point_timeout}
+            trials = [{"context": context, "points": chunk} for chunk in chunks]
+            try:
+                lost = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+            except KeyboardInterrupt:
+                interrupted = True
+    except BaseException as error:
+        ray.shutdown()
+        _abandon(sweep, lease, error)
+        raise
     # In this thread, with nothing else running: Ray exits the process if its worker is touched mid-shutdown.
     ray.shutdown()
+    if lost is not None:
+        raise TrackingLost(f"the tracking store {uri} stopped answering ({lost}); the launch stopped. Nothing is "
+                           f"lost: every point whose run is FINISHED there is recorded, the others run again with "
+                           f"--resume {sweep.sweep_id} once the store answers")
+    lease.release()
     status = _close_sweep(launch, sweep, interrupted)
     if launch.analyze_out:
         status = status or _analyze(launch, sweep.sweep_id)
     return status, sweep.sweep_id
 
 
+def _abandon(sweep: SweepWriter, lease: Lease, error: BaseException) -> None:
+    """A launch that stops before its Ray trials ran: release the lease and end the parent run saying why
+    (KILLED after Ctrl-C, else FAILED), so nothing is left RUNNING."""
+    lease.release()
+    with contextlib.suppress(Exception):
+        sweep.abandon("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
+                      f"{type(error).__name__}: {error}")
+
+
 def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
     """Set the parent run's final status and say how many points finished; 0 when all did, else 1."""
     study = launch.study
+    ended = sweep.end_orphans("KILLED" if interrupted else "FAILED",
+                              "the launch was interrupted while this point ran" if interrupted else
+                              "the Ray trial computing this point ended without finishing it (its worker died?)")
+    if ended:
+        print(f"{study.name}: {ended} point run(s) whose Ray trial ended early marked "
+              f"{'KILLED' if interrupted else 'FAILED'}", flush=True)
     done_points, failed_points = sweep.point_outcomes()
     all_points = {study.point_key(p) for p in launch.points}
     n_done = len(done_points & all_points)
@@ -216,35 +349,42 @@ def _analyze(launch: Launch, sweep_id: str) -> int:
     """``--analyze DIR``: the study's analysis and validation of this sweep; its exit status."""
     from analysis.common import run_analysis
 
-    argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate"]
-    if launch.tracking_uri:
-        argv += ["--tracking-uri", launch.tracking_uri]
+    argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate",
+            "--tracking-uri", launch.tracking_uri]
     return run_analysis(launch.study.analysis, launch.study.name, argv)
 
 
-def _experiment_path(launch: Launch, sweep: SweepWriter) -> str:
-    """Where Ray Tune keeps this sweep's state: recorded on the parent run so ``--resume`` finds it."""
-    recorded = sweep.ray_experiment()
-    if launch.resume and recorded:
-        return recorded
-    storage = os.path.abspath(launch.storage_path or os.path.expanduser("~/ray_results"))
-    path = os.path.join(storage, f"{launch.study.name}-{sweep.sweep_id}"
-                        + (f"-{int(time.time())}" if launch.resume else ""))
-    sweep.record_ray_experiment(path)
-    return path
+def _experiment_path(launch: Launch, sweep: SweepWriter, storage: Path) -> str:
+    """Where Ray Tune keeps this sweep's state: derived from ``--storage-path`` and the sweep id, never read
+    back from the record (a tag anyone with access to the tracking store could point elsewhere)."""
+    path = storage / f"{launch.study.name}-{sweep.sweep_id}"
+    sweep.record_ray_experiment(str(path))  # for people; the launcher never reads it
+    return str(path)
+
+
+def _check_private(path: Path) -> None:
+    """Ray Tune unpickles its experiment state: restore only from a folder (and files) this user owns and
+    nobody else can write."""
+    for item in (path, *path.iterdir()):
+        info = item.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise UsageError(f"--resume: Ray Tune's state {item} is not private (owner uid {info.st_uid}, mode "
+                             f"{oct(info.st_mode & 0o777)}); refusing to unpickle it. Make it yours (chmod go-w) "
+                             "or remove the folder to resume from the MLflow record alone")
 
 
 def _trial_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> None:
+def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str | None:
     """Run the trials as a Ray Tune experiment at ``experiment_path``.
 
     If that experiment exists (a ``--resume`` on the machine that ran it), Ray
     Tune restores it: finished trials stay finished, interrupted and errored
     ones continue from their last checkpoint.  The progress callback is part
-    of the restored state (see :mod:`tune_jobs.progress`).
+    of the restored state (see :mod:`tune_jobs.progress`).  Returns the error
+    if the tracking store stopped answering (which ends the run), else None.
     """
     from ray import tune
 
@@ -254,6 +394,7 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> None
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
     if launch.resume and tune.Tuner.can_restore(experiment_path):
+        _check_private(Path(experiment_path))
         print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -268,8 +409,21 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> None
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures),
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
+        if not _store_gone(launch.tracking_uri):
+            raise
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+    return None
 
+
+def _store_gone(uri: str) -> bool:
+    try:
+        check_reachable(uri, timeout_s=5.0)
+    except TrackingUnavailable:
+        return True
+    return sqlite_path(uri) is not None and not sqlite_path(uri).exists()
 
 def main(ref: str, argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tune_jobs STUDY``: ``ref`` is a built-in name, ``module`` or ``module:ATTR``."""
@@ -280,6 +434,9 @@ def main(ref: str, argv: list[str] | None = None) -> int:
             raise UsageError(str(error)) from None
         launch = parse_launch(study, argv, canonical)
         status, _ = run_sweep(launch)
-    except (UsageError, TrackingUnavailable) as error:
+    except (UsageError, TrackingUnavailable, StoreError) as error:
         fail_usage(str(error))
+    except TrackingLost as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
     return status

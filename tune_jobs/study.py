@@ -63,6 +63,7 @@ class Study:
                       probe a user's loss, fetch data); returns the configs to
                       ship.  A ``ValueError`` is a usage error (exit status 2).
     analyze_by_default: run the analysis after the sweep even without ``--analyze``.
+    point_timeout:    seconds after which a point fails (``--point-timeout``); None for none.
 
     A config may define ``params()`` returning the flat, fully resolved values
     to log; otherwise every field not in ``unlogged_fields`` is logged.
@@ -82,6 +83,7 @@ class Study:
     options: tuple[Option, ...] = ()
     prepare: Callable[[list[Any], dict[str, Any]], list[Any]] | None = None
     analyze_by_default: bool = False
+    point_timeout: float | None = None
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config_type)}

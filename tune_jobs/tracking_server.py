@@ -2,16 +2,20 @@
 
 The server proxies artifacts (``--serve-artifacts``), so Ray workers on other
 machines upload through HTTP and need no shared filesystem. It listens on
-127.0.0.1 unless ``--host`` says otherwise. It runs in its own process group
-and is stopped as a group (``mlflow server`` spawns workers that outlive a
-killed parent).
+127.0.0.1 unless ``--host`` says otherwise; beyond loopback it requires
+MLflow's basic authentication (the admin password from
+``$MLFLOW_AUTH_ADMIN_PASSWORD``) unless ``--insecure`` is given. A port that is
+taken is refused. It runs in its own process group and is stopped as a group
+(``mlflow server`` spawns workers that outlive a killed parent).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +29,9 @@ class TrackingServer:
     """An ``mlflow server`` child process; a context manager that stops exactly what it started."""
 
     def __init__(self, backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1",
-                 port: int = 5000, allowed_hosts: str | None = None, log_file: Path | None = None) -> None:
+                 port: int = 5000, allowed_hosts: str | None = None, log_file: Path | None = None,
+                 auth_config: Path | None = None) -> None:
+        self.auth_config = auth_config
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
         self.host = host
@@ -47,6 +53,10 @@ class TrackingServer:
         if self.allowed_hosts:
             command += ["--allowed-hosts", self.allowed_hosts]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        if self.auth_config is not None:
+            command += ["--app-name", "basic-auth"]
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))  # CSRF, for this server
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -101,6 +111,35 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (another server there answers /health as if it were ours)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def write_auth_config(folder: Path) -> Path:
+    """MLflow's basic-auth settings for this server: users in ``basic_auth.db`` beside it, readable by its owner only.
+
+    The admin user is created at the first start from ``$MLFLOW_AUTH_ADMIN_PASSWORD``;
+    others get READ on what they did not create.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / "basic_auth.ini"
+    path.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{(folder / 'basic_auth.db').resolve()}\nadmin_username = admin\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    path.chmod(0o600)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_jobs.tracking_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,13 +154,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     parser.add_argument("--allowed-hosts", default=None,
                         help="Host headers the server accepts when it listens beyond loopback, e.g. 'mlflow.lab:5000'")
+    parser.add_argument("--auth", action="store_true",
+                        help="require MLflow's basic authentication also on loopback (always beyond it, unless "
+                             "--insecure); the admin password comes from $MLFLOW_AUTH_ADMIN_PASSWORD")
+    parser.add_argument("--insecure", action="store_true",
+                        help="listen beyond loopback without authentication: anyone who reaches the port can read "
+                             "and change every run")
     args = parser.parse_args(argv)
-    store.mkdir(parents=True, exist_ok=True)
+    auth = args.auth or (not is_loopback(args.host) and not args.insecure)
+    if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        print(f"error: --host {args.host} needs authentication: set MLFLOW_AUTH_ADMIN_PASSWORD to the admin's "
+              "password (then create users, see README 'Security'), or pass --insecure", file=sys.stderr)
+        return 2
+    if not port_is_free(args.host, args.port):
+        print(f"error: --port {args.port} on {args.host} is taken (another server?); pick another port",
+              file=sys.stderr)
+        return 2
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
     server = TrackingServer(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
-                            args.allowed_hosts)
+                            args.allowed_hosts, log_file=store / "server.log",
+                            auth_config=write_auth_config(store) if auth else None)
     server.start()
-    print(f"MLflow tracking server ready at {server.uri} (backend {args.backend_store_uri}); "
-          f"launch sweeps with --tracking-uri {server.uri}. Ctrl-C stops it.", flush=True)
+    print(f"MLflow tracking server ready at {server.uri} (backend {args.backend_store_uri}"
+          + (", basic authentication: clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if auth else "")
+          + f"); launch sweeps with --tracking-uri {server.uri}. Ctrl-C stops it.", flush=True)
     try:
         signal.signal(signal.SIGTERM, _interrupt)
         server.process.wait()

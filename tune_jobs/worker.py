@@ -7,13 +7,17 @@ so retries and restores never duplicate a point; checkpointing studies get
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import threading
 from typing import Any
 
 from core.point import NO_HOOKS, PointContext
 from core.training import select_device
+from record.store import TrackingUnavailable, check_reachable, sqlite_path
 from record.write import SweepWriter
+from tune_jobs.progress import TRACKING_LOST
 from tune_jobs.study import load_study
 
 
@@ -47,8 +51,8 @@ class TuneEpochHooks:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return
-        with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, self.STATE_FILE), map_location="cpu", weights_only=False)
+        with checkpoint.as_directory() as folder:  # tensors and plain containers only: nothing is executed
+            saved = torch.load(os.path.join(folder, self.STATE_FILE), map_location="cpu", weights_only=True)
         if saved["point"] == self.point:
             self._state, self.resumed_run_id = saved["state"], saved["run_id"]
 
@@ -70,39 +74,112 @@ class TuneEpochHooks:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+class PointTimeout(TimeoutError):
+    """A point ran longer than ``--point-timeout``."""
+
+
+class Watchdog:
+    """Fails the point running in this thread once it has run ``timeout`` seconds.
+
+    It raises :class:`PointTimeout` in the point's thread (Python code stops at
+    its next line); a point stuck in native code for a further ``grace``
+    seconds has its run marked FAILED and its worker process ended (the Ray
+    trial then errors, and the launch reports it).
+    """
+
+    def __init__(self, timeout: float | None, on_stuck, grace: float = 30.0) -> None:
+        self.timeout, self.on_stuck, self.grace = timeout, on_stuck, grace
+        self._thread_id = threading.get_ident()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "Watchdog":
+        if self.timeout is not None:
+            threading.Thread(target=self._watch, name="robustlab-point-timeout", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._done.set()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)  # none pending
+
+    def _watch(self) -> None:
+        if self._done.wait(self.timeout):
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(PointTimeout))
+        if not self._done.wait(self.grace):
+            self.on_stuck(PointTimeout(f"the point ran longer than --point-timeout {self.timeout:g} s and did not "
+                                       f"stop within {self.grace:g} s more (stuck in native code)"))
+            os._exit(70)
+
+
+def _tracking_lost(uri: str) -> bool:
+    """Whether the tracking store is gone (a server that does not answer, a SQLite file that is not there)."""
+    path = sqlite_path(uri)
+    if path is not None:
+        return not path.exists()
+    try:
+        check_reachable(uri, timeout_s=5.0)
+    except TrackingUnavailable:
+        return True
+    return False
+
+
 def run_points(trial_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: compute the Ray trial's grid points, one MLflow run each."""
+    """Ray Tune function trainable: compute the Ray trial's grid points, one MLflow run each.
+
+    A point that raises (or times out) ends FAILED and the next one starts; a
+    tracking store that stopped answering ends the Ray trial, reported as
+    ``tracking_lost`` (every later point would be lost too; the driver stops).
+    """
     from ray import tune
 
     trial = trial_config["trial"]
     context = trial["context"]
+    uri = context["tracking_uri"]
     study = load_study(context["study"])
-    writer = SweepWriter(context["tracking_uri"], context["experiment_id"], context["sweep_id"], study.name)
+    writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name)
     device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
     threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
-    earlier = writer.runs_by_point(ray_trial)  # empty unless this Ray trial is retried or restored
     failures = []
-    for index, entry in enumerate(trial["points"]):
-        config = study.config_type(**entry)
-        point = study.point_key(config)
-        if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
-            tune.report({"point": point, "status": "skipped", "points_done": index + 1})
-            continue
-        hooks = TuneEpochHooks(writer, point) if study.checkpoints else None
-        run_id = writer.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
-                              resume_run_id=hooks.resumed_run_id if hooks else None)
-        try:
-            if hooks is not None:
-                hooks.run_id = run_id
-            result = study.run_point(config, PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS))
-            study.check_result(result)
-            writer.finish(run_id, result, logged=hooks.last_logged if hooks else None)
-        except Exception as error:  # the point fails; the Ray trial's other points go on
+    try:
+        earlier = writer.runs_by_point(ray_trial)  # empty unless this Ray trial is retried or restored
+        for index, entry in enumerate(trial["points"]):
+            config = study.config_type(**entry)
+            point = study.point_key(config)
+            if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
+                tune.report({"point": point, "status": "skipped", "points_done": index + 1})
+                continue
+            hooks = TuneEpochHooks(writer, point) if study.checkpoints else None
+            run_id = writer.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
+                                  resume_run_id=hooks.resumed_run_id if hooks else None)
+            try:
+                if hooks is not None:
+                    hooks.run_id = run_id
+                point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
+                with Watchdog(context["point_timeout"], lambda error, run_id=run_id: writer.fail(run_id, error)):
+                    result = study.run_point(config, point_context)
+                study.check_result(result)
+                writer.finish(run_id, result, logged=hooks.last_logged if hooks else None)
+            except PointTimeout:
+                error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
+            except Exception as raised:  # the point fails; the Ray trial's other points go on
+                if _tracking_lost(uri):
+                    raise
+                error = raised
+            else:
+                tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
+                continue
             writer.fail(run_id, error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
             tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
-            continue
-        tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
+    except Exception as error:
+        if _tracking_lost(uri):
+            tune.report({"status": TRACKING_LOST, "error": f"{type(error).__name__}: {error}"[:500]})
+        raise
     if failures:
         raise PointsFailed(f"{len(failures)} point(s) failed: " + "; ".join(failures))

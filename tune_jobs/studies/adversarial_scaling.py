@@ -22,4 +22,5 @@ STUDY = Study(
     metrics=("clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"),
     points_per_trial=1,
     cost=lambda config: config.hidden_width * (config.hidden_width + 64),
+    point_timeout=3600,  # a point takes well under a minute; a hung one must not hold the sweep
 )

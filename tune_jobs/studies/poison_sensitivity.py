@@ -21,4 +21,5 @@ STUDY = Study(
     metrics=("train_acc", "train_clean_acc", "test_acc", "gen_gap", "final_train_loss"),
     points_per_trial=21,
     cost=lambda config: config.epochs * (1.0 + config.hidden_width / 128),
+    point_timeout=600,  # a point takes well under a minute; a hung one must not hold the sweep
 )
