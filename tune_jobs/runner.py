@@ -128,9 +128,12 @@ def _packages_to_ship(ref: str) -> list[str]:
 
 
 def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]:
-    """The parent run and its lease: a new sweep, or with ``--resume`` the one to continue (if no launch holds it)."""
+    """The parent run and its lease: a new sweep, or with ``--resume`` the one to continue (if no launch holds it).
+
+    A resumed sweep is reopened (RUNNING) only after every check passed: a refused ``--resume`` leaves it as it was.
+    """
     from record.read import find_sweep
-    from record.write import Lease, LeaseHeld, create_sweep, reopen_sweep
+    from record.write import Lease, LeaseHeld, SweepWriter, create_sweep, reopen_sweep
 
     study = launch.study
     if launch.resume:
@@ -150,6 +153,11 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]
             lease.acquire(force=launch.force)
         except LeaseHeld as held:
             raise UsageError(f"--resume: {held}; wait for it to end, or pass --force if that machine is dead") from None
+        try:
+            _check_unchanged(launch, SweepWriter(launch.tracking_uri, experiment_id, sweep.info.run_id, study.name))
+        except UsageError:
+            lease.release()
+            raise
         reopen_sweep(client, sweep.info.run_id)
         return sweep.info.run_id, lease
     sweep_id = create_sweep(
@@ -182,7 +190,6 @@ def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lea
     try:
         check_artifacts(client, sweep_id)
         finished = sweep.take_over() if launch.resume else set()
-        _check_unchanged(launch, sweep)
     except Exception as error:
         _abandon(sweep, lease, error)
         raise
@@ -193,8 +200,6 @@ def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lea
 def _check_unchanged(launch: Launch, sweep: SweepWriter) -> None:
     """``--resume``: a point's params must be those its earlier runs recorded (a changed loss file's SHA-256
     among them): the code a resumed point runs is the code the user passes now, checked against the record."""
-    if not launch.resume:
-        return
     recorded = sweep.recorded_params()
     for config in launch.points:
         before = recorded.get(launch.study.point_key(config))
