@@ -4,7 +4,6 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from record import schema
 from record.runs import search_all_runs
 from tune_jobs.runner import main
 

@@ -10,7 +10,6 @@ from mlflow.tracking import MlflowClient
 from conftest import PYTHON, python_env
 from analysis.common import run_analysis
 from analysis.poison_sensitivity import ANALYSIS as POISON_ANALYSIS
-from record import schema
 from record.runs import search_all_runs
 from tune_jobs.runner import main
 from tune_jobs.tracking_server import TrackingServer, _group_alive
