@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -201,7 +201,7 @@ def load_analysis(ref: str) -> tuple[str, Analysis]:
     raise SweepNotFound(f"{ref} holds no Analysis (nor a study declaration that carries one)")
 
 
-def exit_process(status: int) -> None:
+def exit_process(status: int) -> NoReturn:
     """``sys.exit(status)`` for a command's ``__main__``, without the interpreter's last full garbage collection.
 
     MLflow, pandas (and in launchers torch and Ray) leave up to a million

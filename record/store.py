@@ -119,3 +119,15 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise TrackingUnavailable(f"tracking server {uri} does not answer: {reason}") from None
+
+
+def store_gone(uri: str) -> bool:
+    """Whether the tracking store is gone: a server that does not answer, a SQLite file that is not there."""
+    path = sqlite_path(uri)
+    if path is not None:
+        return not path.exists()
+    try:
+        check_reachable(uri, timeout_s=5.0)
+    except TrackingUnavailable:
+        return True
+    return False

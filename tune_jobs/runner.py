@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from record import schema
 from record.store import (StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder,
-                          sqlite_path, store_lock)
+                          store_gone, store_lock)
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
 from tune_jobs.study import load_study, study_ref
 
@@ -417,18 +417,11 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
     try:
         tuner.fit()
     except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
-        if not _store_gone(launch.tracking_uri):
+        if not store_gone(launch.tracking_uri):
             raise
         return f"{type(error).__name__}: {error}".splitlines()[0]
     return None
 
-
-def _store_gone(uri: str) -> bool:
-    try:
-        check_reachable(uri, timeout_s=5.0)
-    except TrackingUnavailable:
-        return True
-    return sqlite_path(uri) is not None and not sqlite_path(uri).exists()
 
 def main(ref: str, argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tune_jobs STUDY``: ``ref`` is a built-in name, ``module`` or ``module:ATTR``."""

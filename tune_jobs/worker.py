@@ -15,7 +15,7 @@ from typing import Any
 
 from core.point import NO_HOOKS, PointContext
 from core.training import select_device
-from record.store import TrackingUnavailable, check_reachable, sqlite_path
+from record.store import store_gone
 from record.write import SweepWriter
 from tune_jobs.progress import TRACKING_LOST
 from tune_jobs.study import load_study
@@ -116,18 +116,6 @@ class Watchdog:
             os._exit(70)
 
 
-def _tracking_lost(uri: str) -> bool:
-    """Whether the tracking store is gone (a server that does not answer, a SQLite file that is not there)."""
-    path = sqlite_path(uri)
-    if path is not None:
-        return not path.exists()
-    try:
-        check_reachable(uri, timeout_s=5.0)
-    except TrackingUnavailable:
-        return True
-    return False
-
-
 def run_points(trial_config: dict[str, Any]) -> None:
     """Ray Tune function trainable: compute the Ray trial's grid points, one MLflow run each.
 
@@ -168,7 +156,7 @@ def run_points(trial_config: dict[str, Any]) -> None:
             except PointTimeout:
                 error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on
-                if _tracking_lost(uri):
+                if store_gone(uri):
                     raise
                 error = raised
             else:
@@ -178,7 +166,7 @@ def run_points(trial_config: dict[str, Any]) -> None:
             failures.append(f"{point}: {type(error).__name__}: {error}")
             tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
     except Exception as error:
-        if _tracking_lost(uri):
+        if store_gone(uri):
             tune.report({"status": TRACKING_LOST, "error": f"{type(error).__name__}: {error}"[:500]})
         raise
     if failures:
