@@ -26,12 +26,15 @@ class PointResult:
                beside the configured params.
     artifacts: file name -> content (``str``/``bytes`` written as is,
                anything else JSON-encoded).
+    model:     the trained model, for the point's run to keep (see
+               :class:`TrainedModel`), or None.
     """
 
     metrics: dict[str, float]
     histories: dict[str, list[float]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    model: TrainedModel | None = None
 
     def check_finite(self) -> None:
         """Raise ``FloatingPointError`` naming the first non-finite metric."""
@@ -47,10 +50,24 @@ class PointResult:
                            f"it has {', '.join(map(repr, self.metrics)) or 'none'}")
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model as the registry rebuilds it: ``build_model(name, **kwargs)`` then ``load_state_dict``.
+
+    name:   a :mod:`core.models` registry name (``resnet20``, ``mlp``, ...).
+    kwargs: the builder's keyword arguments (JSON values).
+    module: the trained ``torch.nn.Module``.
+    """
+
+    name: str
+    kwargs: dict[str, Any]
+    module: Any
+
+
 class EpochHooks(Protocol):
     """Per-epoch callbacks a long point may use (checkpoints, live metrics).
 
-    ``tune_jobs`` implements them with Ray Tune checkpoints and MLflow; the
+    ``tune_jobs`` implements them with checkpoints and metrics in the point's MLflow run; the
     default :data:`NO_HOOKS` does nothing, so the same ``run_point`` runs in a
     plain loop (tests, benchmarks).
     """
@@ -59,7 +76,8 @@ class EpochHooks(Protocol):
         """The state saved by the last ``epoch_end`` of an earlier attempt, or None."""
 
     def epoch_end(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict[str, Any]]) -> None:
-        """Called after each epoch with that epoch's metrics; ``state()`` builds a resumable snapshot."""
+        """Called after each epoch with that epoch's metrics; ``state()`` builds a resumable snapshot (call it
+        only to keep one: it copies the model)."""
 
 
 class NoHooks:

@@ -10,7 +10,10 @@ Run layout (README, "Tracking schema"):
   ``robustlab.kind=trial`` (the schema's word for a point's run since the
   first release), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
   ``robustlab.ray_trial``; flat params; final metrics at step 0 and histories
-  with ``step`` = epoch (or the index the study documents);
+  with ``step`` = epoch (or the index the study documents); a training
+  point's final model under ``model/`` (``state_dict.pt`` + ``model.json``);
+  while it trains, its latest checkpoint under ``checkpoint/`` named by the
+  ``robustlab.checkpoint`` tag (removed when the point finishes);
 * analysis runs nested under the sweep: ``robustlab.kind=analysis``.
 
 Values are written as text by :func:`encode` and read back by :func:`decode`
@@ -41,6 +44,8 @@ TAG_COMMAND = "robustlab.command"
 TAG_PARAM_TYPES = "robustlab.param_types"
 TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
 TAG_LEASE = "robustlab.lease"
+TAG_CHECKPOINT = "robustlab.checkpoint"
+TAG_RESUMED = "robustlab.resumed_from_epoch"
 TAG_PARENT = "mlflow.parentRunId"
 
 KIND_SWEEP = "sweep"
@@ -49,6 +54,10 @@ KIND_ANALYSIS = "analysis"
 
 GRID_PREFIX = "grid."
 TRACEBACK_ARTIFACT = "error/traceback.txt"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+MODEL_SPEC = "model.json"
+MODEL_WEIGHTS = "state_dict.pt"
 
 _BASES = {int: "int", float: "float", bool: "bool", str: "str"}
 _TYPE_NAME = re.compile(r"^(?:tuple\[)?(int|float|bool|str)\]?\??$")

@@ -178,18 +178,20 @@ class SweepWriter:
         self.client.set_terminated(self.sweep_id, terminal_status(n_points, n_finished, interrupted))
 
     def start(self, point: str, params: Mapping[str, Any], ray_trial: str, earlier: Iterable = (),
-              resume_run_id: str | None = None) -> str:
+              resume_run_id: str | None = None, resumed_epoch: int | None = None) -> str:
         """A RUNNING run for ``point``; ``earlier`` attempts left RUNNING are marked KILLED.
 
-        With ``resume_run_id`` (from a checkpoint) that run is continued instead.
+        With ``resume_run_id`` (the run holding the checkpoint of ``resumed_epoch``) that run is continued instead.
         """
         for run in earlier:
             if run.info.status == "RUNNING" and run.info.run_id != resume_run_id:
                 self.client.set_terminated(run.info.run_id, "KILLED")
-        if resume_run_id is not None:  # a retried or resumed attempt continues its run
+        if resume_run_id is not None:  # a retried or resumed attempt continues its run (on this node now)
             self.client.update_run(resume_run_id, status="RUNNING")
             if schema.TAG_ERROR in self.client.get_run(resume_run_id).data.tags:
                 self.client.delete_tag(resume_run_id, schema.TAG_ERROR)
+            log_flat(self.client, resume_run_id, tags={schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial,
+                                                       schema.TAG_RESUMED: resumed_epoch})
             return resume_run_id
         tags = {schema.TAG_PARENT: self.sweep_id, schema.TAG_SWEEP: self.sweep_id, schema.TAG_STUDY: self.study,
                 schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: point, schema.TAG_NODE: node_address(),
@@ -203,6 +205,51 @@ class SweepWriter:
         log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result, logged))
         log_artifacts(self.client, run_id, result.artifacts)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def save_checkpoint(self, run_id: str, local_file: str, slot: str, epoch: int) -> None:
+        """Upload a point's checkpoint as ``checkpoint/<slot>/<file>`` of its run, then name it in the
+        ``robustlab.checkpoint`` tag: alternating two slots, a crash mid-upload never spoils the named one."""
+        path = f"{schema.CHECKPOINT_DIR}/{slot}"
+        self.client.log_artifact(run_id, local_file, path)
+        note = {"epoch": epoch, "path": f"{path}/{os.path.basename(local_file)}",
+                "bytes": os.path.getsize(local_file), "node": node_address(), "time": time.time()}
+        self.client.set_tag(run_id, schema.TAG_CHECKPOINT, json.dumps(note))
+
+    def download_checkpoint(self, run_id: str, note: Mapping[str, Any], folder: str) -> str:
+        """Fetch the checkpoint ``note`` (see :func:`checkpoint_note`) names into ``folder``; its local path."""
+        return self.client.download_artifacts(run_id, note["path"], folder)
+
+    def drop_checkpoints(self, run_id: str, keep_latest: bool = False) -> None:
+        """A finished point's checkpoints: all deleted with the ``robustlab.checkpoint`` tag, or all but the one
+        the tag names (``keep_latest``)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.get_run(run_id)
+        note = checkpoint_note(run)
+        if note is None:
+            return
+        # MLflow's artifact-repository interface, as `mlflow gc` uses it (the client has no delete call)
+        repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
+        if not keep_latest:
+            repository.delete_artifacts(schema.CHECKPOINT_DIR)
+            self.client.delete_tag(run_id, schema.TAG_CHECKPOINT)
+            return
+        latest = note["path"].split("/")[1]
+        for entry in self.client.list_artifacts(run_id, schema.CHECKPOINT_DIR):
+            if entry.path != f"{schema.CHECKPOINT_DIR}/{latest}":
+                repository.delete_artifacts(entry.path)
+
+    def log_model(self, run_id: str, spec: Mapping[str, Any], weights_file: str) -> None:
+        """The point's trained model: ``model/state_dict.pt`` and ``model/model.json`` (how to rebuild it)."""
+        self.client.log_artifact(run_id, weights_file, schema.MODEL_DIR)
+        self.client.log_text(run_id, json.dumps(dict(spec), indent=1, sort_keys=True),
+                             f"{schema.MODEL_DIR}/{schema.MODEL_SPEC}")
+
+    def last_step(self, run_id: str) -> int:
+        """The highest step of the run's metric histories so far (-1 when it has none)."""
+        run = self.client.get_run(run_id)
+        name = next(iter(run.data.metrics), None)
+        return -1 if name is None else max(m.step for m in self.client.get_metric_history(run_id, name))
 
     def log_step(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         """One ``log_batch`` of this step's values (a long point's per-epoch progress)."""
@@ -231,6 +278,17 @@ class SweepWriter:
             self.client.set_terminated(run.info.run_id, status)
             self.client.set_tag(run.info.run_id, schema.TAG_ERROR, reason)
         return len(orphans)
+
+
+def checkpoint_note(run) -> dict[str, Any] | None:
+    """The ``robustlab.checkpoint`` tag of a point's run (epoch, artifact path, bytes, node), or None."""
+    text = run.data.tags.get(schema.TAG_CHECKPOINT)
+    try:
+        note = json.loads(text) if text else None
+    except ValueError:
+        return None
+    valid = isinstance(note, dict) and isinstance(note.get("path"), str) and isinstance(note.get("epoch"), int)
+    return note if valid and note["path"].startswith(schema.CHECKPOINT_DIR + "/") else None
 
 
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,

@@ -17,6 +17,9 @@ FORBIDDEN = {  # package -> top-level modules it must never import
     "record": {"torch", "ray", "tune_jobs", "core", "analysis"},
     "analysis": {"torch", "ray", "tune_jobs"},
 }
+# Loading a trained model needs torch; that module imports it inside its one function (so the fresh-process test
+# below still finds torch unloaded by importing analysis).
+EXCEPTIONS = {"analysis/models.py": {"torch"}}
 
 
 def imported_modules(path) -> set[str]:
@@ -33,7 +36,8 @@ def imported_modules(path) -> set[str]:
 def test_no_source_file_imports_across_the_layer(package):
     offending = {}
     for path in sorted((ROOT / package).rglob("*.py")):
-        bad = {name for name in imported_modules(path) if name.split(".")[0] in FORBIDDEN[package]}
+        allowed = EXCEPTIONS.get(str(path.relative_to(ROOT)), set())
+        bad = {name for name in imported_modules(path) if name.split(".")[0] in FORBIDDEN[package] - allowed}
         if bad:
             offending[str(path.relative_to(ROOT))] = sorted(bad)
     assert not offending, offending

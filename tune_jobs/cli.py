@@ -59,6 +59,9 @@ class Launch:
     tracking_timeout: float
     point_timeout: float | None
     wait_for_resources: bool
+    log_models: bool = False
+    checkpoint_every: int | None = None
+    keep_checkpoints: bool = False
 
 
 def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
@@ -104,14 +107,24 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                    help="grid points one Ray trial computes in sequence (default: %(default)s; each point is still "
                         "its own MLflow run)")
     r.add_argument("--storage-path", default=None,
-                   help="where Ray Tune keeps its experiment state and checkpoints (default: ~/ray_results; "
-                        "created readable by you only)")
+                   help="where Ray Tune keeps its experiment state, on the launching machine (default: "
+                        "~/ray_results; created readable by you only); checkpoints live in the MLflow runs")
     r.add_argument("--point-timeout", type=float, default=study.point_timeout, metavar="SECONDS",
                    help="fail a point that runs longer than this; 0 for none (default: "
                         + (f"{study.point_timeout:g}" if study.point_timeout else "none") + ")")
     r.add_argument("--wait-for-resources", action="store_true",
                    help="wait for a node that can hold a Ray trial (a cluster whose autoscaler adds nodes); "
                         "by default a request no node can meet exits with status 2 before any Ray trial")
+    m = parser.add_argument_group("models and checkpoints")
+    m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
+                   help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
+                        "(default: " + ("on" if study.log_models else "off") + " for this study)")
+    if study.checkpoints:
+        m.add_argument("--checkpoint-every", default="auto", metavar="N|auto",
+                       help="checkpoint a point every N epochs into its MLflow run; auto (default): whenever the "
+                            "time trained since the last checkpoint is at least 20x what that one cost (<= 5%%)")
+        m.add_argument("--keep-checkpoints", action="store_true",
+                       help="keep a finished point's last checkpoint in its run (default: deleted when it finishes)")
     if study.options:
         s = parser.add_argument_group(f"{study.name} options")
         for option in study.options:
@@ -177,6 +190,15 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         raise UsageError(f"--tracking-timeout must be >= 10 seconds, got {args.tracking_timeout:g}")
     if args.point_timeout is not None and (args.point_timeout < 0 or not math.isfinite(args.point_timeout)):
         raise UsageError(f"--point-timeout must be >= 0 seconds (0: none), got {args.point_timeout:g}")
+    checkpoint_every = None
+    if study.checkpoints and args.checkpoint_every != "auto":
+        try:
+            checkpoint_every = int(args.checkpoint_every)
+        except ValueError:
+            checkpoint_every = 0
+        if checkpoint_every < 1:
+            raise UsageError(f"--checkpoint-every must be a whole number of epochs >= 1 or 'auto', "
+                             f"got {args.checkpoint_every!r}")
     if args.force and not args.resume:
         raise UsageError("--force goes with --resume")
     try:
@@ -196,7 +218,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         points_per_trial=args.points_per_trial,
         resume=args.resume, force=args.force, storage_path=args.storage_path, analyze_out=args.analyze,
         tracking_timeout=args.tracking_timeout, point_timeout=args.point_timeout or None,
-        wait_for_resources=args.wait_for_resources,
+        wait_for_resources=args.wait_for_resources, log_models=args.log_models,
+        checkpoint_every=checkpoint_every, keep_checkpoints=study.checkpoints and args.keep_checkpoints,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},
     )

@@ -241,6 +241,28 @@ def _check_resources(launch: Launch) -> None:
                      "--wait-for-resources for a cluster that adds nodes")
 
 
+def _check_cluster_storage(launch: Launch, sweep: SweepWriter) -> None:
+    """On a cluster, every node must reach the record: runs, metrics and checkpoints (artifacts) go through the
+    tracking URI, so a SQLite file or a local artifact folder on this machine cannot work; exit 2 saying what to pass.
+    """
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    others = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")} - {here})
+    if not others:
+        return
+    server = ("start a tracking server every node reaches (python -m tune_jobs.tracking_server --host HOST serves "
+              "artifacts through itself) and pass --tracking-uri http://HOST:5000")
+    if not launch.tracking_uri.startswith(("http://", "https://")):
+        raise UsageError(f"the Ray cluster has nodes other than this one ({', '.join(others)}), which cannot reach "
+                         f"the tracking store {launch.tracking_uri}: {server}")
+    location = sweep.client.get_run(sweep.sweep_id).info.artifact_uri
+    if location.startswith(("file:", "/")):
+        raise UsageError(f"the tracking server keeps artifacts (checkpoints, models) at {location}, a folder "
+                         f"other nodes ({', '.join(others)}) cannot write: {server}, or give it an object store "
+                         "(--artifacts-destination s3://...)")
+
+
 class TrackingLost(RuntimeError):
     """The tracking store stopped answering during the launch; the message says what to do."""
 
@@ -284,6 +306,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     interrupted, lost = False, None
     try:
         _check_resources(launch)
+        _check_cluster_storage(launch, sweep)
         pending = [cfg for cfg in launch.points if study.point_key(cfg) not in finished]
         if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
             pending.sort(key=study.cost, reverse=True)
@@ -294,7 +317,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
             context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
                        "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
                        "gpus_per_trial": launch.gpus_per_trial, "n_points": len(pending),
-                       "point_timeout": launch.point_timeout}
+                       "point_timeout": launch.point_timeout, "log_models": launch.log_models,
+                       "checkpoint_every": launch.checkpoint_every, "keep_checkpoints": launch.keep_checkpoints}
             trials = [{"context": context, "points": chunk} for chunk in chunks]
             try:
                 lost = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)

@@ -52,8 +52,11 @@ class Study:
     points_per_trial: at most this many grid points per Ray trial, computed in
                       sequence (Ray's per-trial overhead is ~0.4 s; cheap points
                       share a trial); fewer when that leaves Ray slots idle.
-    checkpoints:      ``run_point`` uses ``context.hooks`` to resume from Ray Tune
-                      checkpoints (one point per Ray trial).
+    checkpoints:      ``run_point`` uses ``context.hooks``: per-epoch metrics, and
+                      checkpoints kept in the point's MLflow run that a retried
+                      or resumed point continues from (one point per Ray trial).
+    log_models:       log each finished point's ``PointResult.model`` to its run
+                      by default (``--log-models`` / ``--no-log-models``).
     unlogged_fields:  config fields too bulky to be MLflow params.
     cost:             optional relative cost of a point; the runner starts the
                       most expensive Ray trials first, so the last to finish is short.
@@ -78,6 +81,7 @@ class Study:
     analysis: Analysis | None = None
     points_per_trial: int = 1
     checkpoints: bool = False
+    log_models: bool = False
     unlogged_fields: tuple[str, ...] = ()
     cost: Callable[[Any], float] | None = None
     options: tuple[Option, ...] = ()

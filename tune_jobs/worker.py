@@ -2,21 +2,24 @@
 
 Points an earlier attempt of the same Ray trial already finished are skipped,
 so retries and restores never duplicate a point; checkpointing studies get
-:class:`TuneEpochHooks` (per-epoch MLflow metrics and Ray Tune checkpoints).
+:class:`RunEpochHooks` (per-epoch metrics and checkpoints in the point's MLflow
+run, which every node reaches through the tracking server).
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+import tempfile
 import threading
+import time
 from typing import Any
 
-from core.point import NO_HOOKS, PointContext
+from core.point import NO_HOOKS, PointContext, TrainedModel
 from core.training import select_device
+from record.schema import MODEL_WEIGHTS
 from record.store import store_gone
-from record.write import SweepWriter
+from record.write import SweepWriter, checkpoint_note
 from tune_jobs.progress import TRACKING_LOST
 from tune_jobs.study import load_study
 
@@ -25,53 +28,103 @@ class PointsFailed(RuntimeError):
     """Raised by a Ray trial after all its points ran, when some of them failed."""
 
 
-class TuneEpochHooks:
-    """:class:`core.point.EpochHooks` for a long point: per-epoch MLflow metrics and Ray Tune checkpoints.
+class RunEpochHooks:
+    """:class:`core.point.EpochHooks` for a long point, kept in the point's own MLflow run.
 
-    A checkpoint holds the point's state and its MLflow run id, so a retried or
-    resumed Ray trial continues from its last epoch in the same MLflow run.
+    Each epoch's metrics are logged at ``step=epoch``; the latest checkpoint is
+    an artifact of the run (``checkpoint/a`` and ``checkpoint/b`` in turn, the
+    ``robustlab.checkpoint`` tag naming the complete one), so it reaches every
+    node through the tracking server: no shared filesystem.  A retried Ray
+    trial (another node's, after a node died) or a ``--resume`` continues the
+    point's newest checkpointed run from that epoch, logging no epoch twice.
+
+    ``every``: checkpoint every that many epochs; None (``auto``) checkpoints
+    once the time trained since the last one is at least 20 times what that
+    one cost (at most 5 % of the point's time goes to checkpoints).
     """
 
     STATE_FILE = "point_state.pt"
+    SHARE = 0.05
 
-    def __init__(self, writer: SweepWriter, point: str) -> None:
-        self.writer = writer
-        self.point = point
+    def __init__(self, writer: SweepWriter, point: str, every: int | None, earlier=()) -> None:
+        self.writer, self.point, self.every = writer, point, every
         self.run_id: str | None = None
-        self._state: dict[str, Any] | None = None
         self.resumed_run_id: str | None = None
+        self.resumed_epoch: int | None = None
+        self._state: dict[str, Any] | None = None
+        self._slot: str | None = None
+        self._logged_through = -1
         self.last_logged: dict[str, float] = {}
-        logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
-        self._load()
+        self.saved = 0
+        self._cost, self._since = 0.0, time.monotonic()
+        self._load(earlier)
 
-    def _load(self) -> None:
+    def _load(self, earlier) -> None:
+        """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only)."""
         import torch
-        from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
+        for run in earlier:  # newest first
+            note = checkpoint_note(run)
+            if note is None:
+                continue
+            try:
+                with tempfile.TemporaryDirectory() as folder:
+                    path = self.writer.download_checkpoint(run.info.run_id, note, folder)
+                    saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # noqa: BLE001 - a lost or damaged checkpoint: try an older one, else start over
+                print(f"robustlab: point {self.point}: checkpoint of run {run.info.run_id} unusable "
+                      f"({type(error).__name__}: {error}); trying an older one", flush=True)
+                continue
+            if saved.get("point") != self.point:
+                continue
+            self._state, self.resumed_run_id = saved["state"], run.info.run_id
+            self.resumed_epoch, self._slot = note["epoch"], note["path"].split("/")[1]
+            self._logged_through = self.writer.last_step(run.info.run_id)
             return
-        with checkpoint.as_directory() as folder:  # tensors and plain containers only: nothing is executed
-            saved = torch.load(os.path.join(folder, self.STATE_FILE), map_location="cpu", weights_only=True)
-        if saved["point"] == self.point:
-            self._state, self.resumed_run_id = saved["state"], saved["run_id"]
 
     def restore(self) -> dict[str, Any] | None:
         return self._state
 
     def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
-        import tempfile
-
-        import torch
         from ray import tune
 
-        self.writer.log_step(self.run_id, epoch, metrics)
+        if epoch > self._logged_through:  # a resumed point re-trains epochs logged after its checkpoint
+            self.writer.log_step(self.run_id, epoch, metrics)
         self.last_logged = dict(metrics)
+        tune.report({"point": self.point, "status": "epoch", "epoch": epoch, **metrics})
+        if self._due(epoch):
+            self._save(epoch, state())
+
+    def _due(self, epoch: int) -> bool:
+        if self.every is not None:
+            return (epoch + 1) % self.every == 0
+        return time.monotonic() - self._since >= self._cost / self.SHARE
+
+    def _save(self, epoch: int, state: dict[str, Any]) -> None:
+        import torch
+
+        started = time.monotonic()
+        slot = "b" if self._slot == "a" else "a"
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"point": self.point, "run_id": self.run_id, "state": state()},
-                       os.path.join(folder, self.STATE_FILE))
-            tune.report({"point": self.point, "status": "epoch", "epoch": epoch, **metrics},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            path = os.path.join(folder, self.STATE_FILE)
+            torch.save({"point": self.point, "run_id": self.run_id, "state": state}, path)
+            self.writer.save_checkpoint(self.run_id, path, slot, epoch)
+        self._slot, self.saved = slot, self.saved + 1
+        self._since = time.monotonic()
+        self._cost = self._since - started
+
+
+def log_model(writer: SweepWriter, run_id: str, model: TrainedModel) -> None:
+    """The point's trained model as ``model/state_dict.pt`` (tensors only) and ``model/model.json``."""
+    import torch
+
+    spec = {"registry_name": model.name, "kwargs": model.kwargs, "torch": torch.__version__,
+            "load": "analysis.models.load_model(run_id), or core.models.build_model(registry_name, **kwargs) "
+                    "then load_state_dict(torch.load(state_dict.pt, weights_only=True))"}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, MODEL_WEIGHTS)
+        torch.save({k: v.detach().to("cpu") for k, v in model.module.state_dict().items()}, path)
+        writer.log_model(run_id, spec, path)
 
 
 class PointTimeout(TimeoutError):
@@ -135,16 +188,20 @@ def run_points(trial_config: dict[str, Any]) -> None:
     ray_trial = tune.get_context().get_trial_id()
     failures = []
     try:
-        earlier = writer.runs_by_point(ray_trial)  # empty unless this Ray trial is retried or restored
+        # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
+        # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
+        earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
         for index, entry in enumerate(trial["points"]):
             config = study.config_type(**entry)
             point = study.point_key(config)
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
                 tune.report({"point": point, "status": "skipped", "points_done": index + 1})
                 continue
-            hooks = TuneEpochHooks(writer, point) if study.checkpoints else None
+            hooks = (RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()))
+                     if study.checkpoints else None)
             run_id = writer.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
-                                  resume_run_id=hooks.resumed_run_id if hooks else None)
+                                  resume_run_id=hooks.resumed_run_id if hooks else None,
+                                  resumed_epoch=hooks.resumed_epoch if hooks else None)
             try:
                 if hooks is not None:
                     hooks.run_id = run_id
@@ -152,7 +209,15 @@ def run_points(trial_config: dict[str, Any]) -> None:
                 with Watchdog(context["point_timeout"], lambda error, run_id=run_id: writer.fail(run_id, error)):
                     result = study.run_point(config, point_context)
                 study.check_result(result)
+                if context["log_models"] and result.model is not None:
+                    log_model(writer, run_id, result.model)
                 writer.finish(run_id, result, logged=hooks.last_logged if hooks else None)
+                if hooks is not None:
+                    try:
+                        writer.drop_checkpoints(run_id, keep_latest=context["keep_checkpoints"])
+                    except Exception as error:  # noqa: BLE001 - the point is recorded; a leftover only takes disk
+                        print(f"robustlab: point {point}: its checkpoints could not be deleted from run {run_id} "
+                              f"({type(error).__name__}: {error})", flush=True)
             except PointTimeout:
                 error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on

@@ -31,7 +31,7 @@ from torch import nn
 from core import synthetic
 from core.attacks import fgsm, pgd
 from core.models import count_parameters
-from core.point import PointContext, PointResult
+from core.point import PointContext, PointResult, TrainedModel
 from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
 from core.validation import check_choice, check_int, check_real, check_reals
 
@@ -155,4 +155,6 @@ def _run(config: AdversarialScalingConfig) -> PointResult:
         },
         params={"param_count": count_parameters(model)},
         artifacts={"robustness.csv": robustness_csv(config.epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap)},
+        model=TrainedModel("mlp", {"in_features": 2, "hidden_widths": [config.hidden_width] * 2, "num_classes": 2},
+                           model),
     )

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.point import PointContext, PointResult
+from core.point import PointContext, PointResult, TrainedModel
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
 from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
@@ -134,4 +134,7 @@ def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointRe
     with torch_threads(config.torch_threads):
         split = make_split(config)
         model, train_loss = train(config, split)
-        return measure(model, split, train_loss)
+        result = measure(model, split, train_loss)
+    result.model = TrainedModel("mlp", {"in_features": config.n_features, "hidden_widths": [config.hidden_width],
+                                        "num_classes": config.n_classes}, model)
+    return result

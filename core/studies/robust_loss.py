@@ -24,7 +24,7 @@ from core.augment import DeviceAugmenter
 from core.losses import LossContractError, LossSource, instantiate_loss, load_loss_source, loss_kind, sha256_text
 from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
-from core.point import EpochHooks, PointContext, PointResult
+from core.point import EpochHooks, PointContext, PointResult, TrainedModel
 from core.training import accuracy, select_device, torch_threads
 from core.validation import check_bool, check_choice, check_int, check_real
 from core.vision_data import DATASETS, load_dataset
@@ -356,6 +356,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
                 "indices": poisoned_indices.tolist(),
             }
         },
+        model=TrainedModel(benchmark.model, {"num_classes": data.num_classes}, model),
     )
     result.check_finite()
     return result

@@ -53,8 +53,8 @@ def prepare(points: list[RobustLossConfig], switches: dict[str, Any]) -> list[Ro
 STUDY = Study(
     name="robust_loss",
     description="Poison-robust loss benchmark: benchmark x loss x seed; each child "
-                "run logs test_acc, poison_fit, robust_score and their per-epoch histories, and checkpoints every "
-                "epoch through Ray Tune. Benchmarks: " + ", ".join(BENCHMARKS) + ".\n"
+                "run logs test_acc, poison_fit, robust_score and their per-epoch histories and its trained model; "
+                "checkpoints live in the run while it trains. Benchmarks: " + ", ".join(BENCHMARKS) + ".\n"
                 "A loss is a baseline (" + ", ".join(BASELINE_LOSSES) + "), a file path/to/my_loss.py or "
                 "module:Class holding a RobustLoss class; user loss files are code and run as such.",
     config_type=RobustLossConfig,
@@ -67,6 +67,7 @@ STUDY = Study(
     analysis=ANALYSIS,
     metrics=("test_acc", "poison_fit", "robust_score", "final_train_loss"),
     checkpoints=True,
+    log_models=True,
     unlogged_fields=("loss_source",),
     options=(
         Option("--data-dir", "folder holding the data sets (default: $" + DATA_DIR_ENV + "; digits need none)",
