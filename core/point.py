@@ -34,7 +34,7 @@ class PointResult:
     histories: dict[str, list[float]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
-    model: TrainedModel | None = None
+    model: TrainedModel | None = field(default=None, compare=False)  # results compare by their numbers
 
     def check_finite(self) -> None:
         """Raise ``FloatingPointError`` naming the first non-finite metric."""
