@@ -5,6 +5,10 @@ A loss is any class named ``RobustLoss`` with a no-argument ``__init__`` and
 called once per minibatch in place of ``nn.CrossEntropyLoss``.  It is named by
 a *spec*: a baseline name, a file ``path/to/my_loss.py`` or ``module:Class``.
 
+A loss's hyperparameters are its public class attributes holding numbers or
+booleans (``GeneralizedCrossEntropy.q``); ``instantiate_loss(source, params)``
+overrides them after the no-argument construction (:func:`tunable_params`).
+
 ``load_loss_source(spec)`` turns the spec into a :class:`LossSource` that can
 travel to a remote node (a file's text travels with it, no shared filesystem
 needed); ``instantiate_loss`` rebuilds the loss there; ``probe_loss`` checks
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import math
 import sys
 import threading
 import types
@@ -194,12 +199,64 @@ def _load_module_class(loss_source: LossSource) -> Any:
     return getattr(module, class_name)
 
 
-def instantiate_loss(loss_source: LossSource) -> Any:
-    """Build a fresh loss object from ``loss_source`` and check its class-level rules.
+def tunable_params(loss_class: type) -> dict[str, bool | int | float]:
+    """A loss class's hyperparameters: its public class attributes holding a bool, int or float (its own or
+    inherited, not those of :class:`RobustLoss`), with their defaults, by name."""
+    found: dict[str, bool | int | float] = {}
+    for klass in reversed(inspect.getmro(loss_class)):
+        if klass in (object, RobustLoss):
+            continue
+        for name, value in vars(klass).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, (bool, int, float)):
+                found[name] = value
+            else:
+                found.pop(name, None)  # a subclass made it something else (a method, a property)
+    return found
+
+
+def set_loss_params(loss: Any, params: dict[str, Any], spec: str) -> None:
+    """Override tunable hyperparameters of a constructed loss (``setattr``), keeping each one's type.
+
+    An unknown name or a value of the wrong type raises :class:`LossContractError` naming the loss, the name and
+    the value; an int or float hyperparameter takes any finite number (an int one only whole numbers).
+    """
+    tunables = tunable_params(type(loss))
+    for name, value in params.items():
+        if name not in tunables:
+            known = ", ".join(sorted(tunables)) or "none"
+            raise LossContractError(f"loss {spec!r} has no hyperparameter {name!r}; it has: {known}")
+        default = tunables[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) or (
+                isinstance(value, float) and value.is_integer())
+            value = int(value) if ok else value
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        if not ok:
+            raise LossContractError(f"loss {spec!r}: hyperparameter {name} must be "
+                                    f"{type(default).__name__} like its default {default!r}, got {value!r}")
+        setattr(loss, name, value)
+
+
+def instantiate_loss(loss_source: LossSource, params: dict[str, Any] | None = None) -> Any:
+    """Build a fresh loss object from ``loss_source`` and check its class-level rules; ``params`` override its
+    tunable hyperparameters after construction (:func:`set_loss_params`).
 
     Raises :class:`LossContractError` when the class is missing, its
     ``__init__`` needs arguments or raises, or it has no ``compute_loss``.
     """
+    loss = _construct(loss_source)
+    if params:
+        set_loss_params(loss, params, loss_source.spec)
+    return loss
+
+
+def _construct(loss_source: LossSource) -> Any:
     if loss_source.kind == "baseline":
         return BASELINE_LOSSES[loss_source.spec]()
     if loss_source.kind == "file":
@@ -263,8 +320,9 @@ def probe_loss(
 
 
 def check_loss(spec: str, num_classes: int, device: torch.device | str = "cpu",
-               timeout_s: float = 30.0) -> LossSource:
-    """Load, instantiate and probe ``spec`` within ``timeout_s``; return its :class:`LossSource` for the points.
+               timeout_s: float = 30.0, params: dict[str, Any] | None = None) -> LossSource:
+    """Load, instantiate (with hyperparameters ``params``) and probe ``spec`` within ``timeout_s``; return its
+    :class:`LossSource` for the points.
 
     Every :class:`LossContractError` names the loss.  The probe runs in a
     daemon thread: a loss that never returns is reported, not waited for.
@@ -274,7 +332,7 @@ def check_loss(spec: str, num_classes: int, device: torch.device | str = "cpu",
     def probe() -> None:
         try:
             loss_source = load_loss_source(spec)
-            probe_loss(instantiate_loss(loss_source), num_classes, device)
+            probe_loss(instantiate_loss(loss_source, params), num_classes, device)
             outcome["source"] = loss_source
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = error

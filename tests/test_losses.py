@@ -14,6 +14,7 @@ from core.losses import (
     instantiate_loss,
     load_loss_source,
     probe_loss,
+    tunable_params,
 )
 
 LOGITS = [[2.0, 1.0, 0.0], [0.5, 0.5, 2.0]]
@@ -248,3 +249,49 @@ def test_probe_runs_on_the_requested_device():
 
     probe_loss(RecordingLoss(), num_classes=3, device="cpu")
     assert seen == [("cpu", "cpu", torch.int64)] * 2
+
+
+def test_the_baselines_hyperparameters_are_the_specs_values():
+    assert {name: tunable_params(cls) for name, cls in BASELINE_LOSSES.items()} == {
+        "cross_entropy": {}, "generalized_ce": {"q": 0.7}, "symmetric_ce": {"alpha": 1.0, "beta": 0.5},
+        "bootstrap": {"beta": 0.8}}
+
+
+def test_overridden_hyperparameters_change_the_value_and_keep_the_constructor(tmp_path):
+    logits, labels = torch.tensor(LOGITS), torch.tensor(LABELS)
+    gce = instantiate_loss(load_loss_source("generalized_ce"), {"q": 0.5})
+    p_y = torch.softmax(logits, 1)[[0, 1], labels]
+    assert torch.allclose(gce.compute_loss(logits, labels, 0), ((1 - p_y**0.5) / 0.5).mean())
+    assert instantiate_loss(load_loss_source("generalized_ce")).q == 0.7, "the class default is untouched"
+    user = _write(tmp_path, """
+        import torch.nn.functional as F
+        class RobustLoss:
+            warmup_epochs = 3
+            margin = 0.1
+            use_floor = False
+            name = "not a hyperparameter"
+            def compute_loss(self, logits, labels, epoch):
+                return F.cross_entropy(logits, labels) * (1 + self.margin)
+        """)
+    source = load_loss_source(user)
+    loss = instantiate_loss(source, {"warmup_epochs": 5.0, "margin": 1, "use_floor": True})
+    assert (loss.warmup_epochs, loss.margin, loss.use_floor) == (5, 1.0, True)
+    assert type(loss.warmup_epochs) is int and type(loss.margin) is float
+    assert tunable_params(type(loss)) == {"warmup_epochs": 3, "margin": 0.1, "use_floor": False}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"p": 0.5}, "has no hyperparameter 'p'; it has: q"),
+    ({"q": "high"}, "hyperparameter q must be float like its default 0.7, got 'high'"),
+    ({"q": float("nan")}, "hyperparameter q must be float"),
+    ({"q": True}, "hyperparameter q must be float"),
+])
+def test_a_bad_hyperparameter_names_the_loss_the_name_and_the_value(params, message):
+    with pytest.raises(LossContractError, match="generalized_ce") as error:
+        instantiate_loss(load_loss_source("generalized_ce"), params)
+    assert message in str(error.value)
+
+
+def test_the_probe_runs_with_the_hyperparameters():
+    with pytest.raises(LossContractError, match="non-finite"):
+        check_loss("generalized_ce", num_classes=4, params={"q": 0.0})  # (1 - p**0) / 0 = 0 / 0
