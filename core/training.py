@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,13 @@ def dataloader_epoch_order(generator: torch.Generator, n: int) -> torch.Tensor:
     order = torch.randperm(n, generator=generator)
     torch.randperm(n, generator=generator)
     return order
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices kept for training and held out for validation: ``round(n * fraction)`` samples drawn
+    uniformly by ``numpy.random.default_rng([seed, 1])`` (a stream of its own, unlike any drawn from ``seed``)."""
+    held_out = np.sort(np.random.default_rng([seed, 1]).permutation(n)[:int(round(n * fraction))])
+    return np.setdiff1d(np.arange(n), held_out), held_out
 
 
 def select_device(device: torch.device | str | None = None) -> torch.device:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.point import PLAIN, PointContext
+from core.training import validation_split
 from core.poisoning import next_class_flip
 from core.studies.robust_loss import (
     BENCHMARKS,
@@ -171,8 +172,9 @@ class MemoryHooks:
     [
         (RobustLossConfig(loss="bootstrap", epochs=3), 0),
         (RobustLossConfig(benchmark="mobilenetv2-fmnist-labelflip", scale="smoke"), 0),  # dropout: global RNG restored
+        (RobustLossConfig(loss="generalized_ce", epochs=3, val_fraction=0.2), 1),
     ],
-    ids=["digits", "mobilenetv2-smoke"],
+    ids=["digits", "mobilenetv2-smoke", "digits-validation-split"],
 )
 def test_resume_after_preemption_gives_the_uninterrupted_numbers(data_dir, config, stop_after):
     config = dataclasses.replace(config, data_dir=data_dir)
@@ -242,3 +244,26 @@ def test_cuda_request_without_gpu_falls_back_to_cpu():
     with pytest.warns(RuntimeWarning, match="CUDA requested"):
         result = run_point(RobustLossConfig(scale="smoke"), PointContext(device="cuda"))
     assert result.params["device"] == "cpu"
+
+
+def test_the_validation_split_is_seeded_disjoint_and_unlike_the_poisoned_set():
+    kept, held_out = validation_split(1000, 0.2, 42)
+    assert len(held_out) == 200 and len(kept) == 800 and not set(kept) & set(held_out)
+    assert list(kept) == sorted(kept) and list(held_out) == sorted(held_out)
+    again, _ = validation_split(1000, 0.2, 42)
+    assert (again == kept).all() and not (validation_split(1000, 0.2, 43)[1] == held_out).all()
+    _, poisoned = next_class_flip(np.zeros(1000, dtype=np.int64), 0.2, 10, 42)
+    assert len(set(poisoned) & set(held_out)) < 100, "a stream of its own, not the poisoning's"
+    assert len(validation_split(10, 0.0, 1)[1]) == 0
+
+
+def test_a_validation_split_is_held_out_of_training_and_reported():
+    plain = run_point(RobustLossConfig(epochs=2), PLAIN)
+    assert "val_acc" not in plain.metrics and plain.params["val_size"] == 0
+    held = run_point(RobustLossConfig(epochs=2, val_fraction=0.25), PLAIN)
+    assert held.params["val_size"] == round(plain.params["train_size"] * 0.25)
+    assert held.params["train_size"] == plain.params["train_size"] - held.params["val_size"]
+    assert len(held.histories["val_acc"]) == 2 and held.metrics["val_acc"] == held.histories["val_acc"][-1]
+    assert 0 < held.params["eval_poisoned_samples"] < plain.params["eval_poisoned_samples"]
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 0.5\), got 0.5"):
+        RobustLossConfig(val_fraction=0.5)

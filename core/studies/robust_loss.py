@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.augment import DeviceAugmenter
@@ -25,7 +26,7 @@ from core.losses import LossContractError, LossSource, instantiate_loss, load_lo
 from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
 from core.point import EpochHooks, PointContext, PointResult, TrainedModel
-from core.training import accuracy, select_device, torch_threads
+from core.training import accuracy, select_device, torch_threads, validation_split
 from core.validation import check_bool, check_choice, check_int, check_real
 from core.vision_data import DATASETS, load_dataset
 
@@ -104,6 +105,11 @@ class RobustLossConfig:
                  fixed by ``poison_seed`` (the spec's 42) unless overridden.
     torch_threads: intra-op threads on CPU; float reductions depend on it, so
                  it is part of the protocol (same config, same numbers).
+    val_fraction: share of the (poisoned) training set held out as a
+                 validation split (:func:`core.training.validation_split`,
+                 drawn from ``poison_seed``: the same samples for every point
+                 of a benchmark); its labels are poisoned like the rest, as a
+                 user's would be. 0 (the published protocol): none.
     """
 
     benchmark: str = DEFAULT_BENCHMARK
@@ -113,6 +119,7 @@ class RobustLossConfig:
     data_dir: str | None = None
     loss_source: str | None = None
     torch_threads: int = 1
+    val_fraction: float = 0.0
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -137,6 +144,7 @@ class RobustLossConfig:
         check_int("seed", self.seed, 0)
         check_choice("scale", self.scale, ("full", "smoke"))
         check_int("torch_threads", self.torch_threads, 1)
+        check_real("val_fraction", self.val_fraction, 0, 0.5, high_open=True)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
         side = min(self.image_shape()[1:])
@@ -191,6 +199,7 @@ class RobustLossConfig:
             "seed": self.seed,
             "scale": self.scale,
             "torch_threads": self.torch_threads,
+            "val_fraction": self.val_fraction,
             **dataclasses.asdict(self.recipe()),
         }
         if self.loss_source is not None:
@@ -270,18 +279,29 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
     generator.manual_seed(config.seed)
     augmenter = DeviceAugmenter(info.mean, info.std, recipe.crop_padding, recipe.horizontal_flip, device)
 
-    train_images = torch.from_numpy(data.train_images).to(device)
-    train_labels = torch.from_numpy(poisoned_labels).to(device)
+    images, labels, poisoned_positions = data.train_images, poisoned_labels, poisoned_indices
+    val = None
+    if config.val_fraction > 0:  # held out from training, poisoned labels and all
+        kept, held_out = validation_split(len(labels), config.val_fraction, recipe.poison_seed)
+        val = (torch.from_numpy(images[held_out]).to(device), torch.from_numpy(labels[held_out]).to(device))
+        poisoned_positions = np.searchsorted(kept, poisoned_indices[np.isin(poisoned_indices, kept)])
+        images, labels = images[kept], labels[kept]
+    train_images = torch.from_numpy(images).to(device)
+    train_labels = torch.from_numpy(labels).to(device)
     test_images = torch.from_numpy(data.test_images).to(device)
     test_labels = torch.from_numpy(data.test_labels).to(device)
     test_eval = torch.arange(len(test_labels), device=device)
-    poison_eval = torch.from_numpy(poisoned_indices).to(device)
+    poison_eval = torch.from_numpy(poisoned_positions).to(device)
+    val_eval = torch.arange(len(val[1]), device=device) if val is not None else None
     if smoke:
         test_eval, poison_eval = test_eval[:SMOKE_EVAL_SAMPLES], poison_eval[:SMOKE_EVAL_SAMPLES]
+        val_eval = val_eval[:SMOKE_EVAL_SAMPLES] if val is not None else None
     max_batches = SMOKE_TRAIN_BATCHES if smoke else None
 
     params = config.params()
     histories: dict[str, list[float]] = {"train_loss": [], "test_acc": [], "poison_fit": []}
+    if val is not None:
+        histories["val_acc"] = []
     start_epoch = 0
     state = hooks.restore()
     if state is not None:
@@ -306,7 +326,10 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
         model.eval()
         test_acc = accuracy(_predict(model, augmenter, test_images, test_eval), test_labels[test_eval])
         fit = poison_fit(_predict(model, augmenter, train_images, poison_eval), train_labels[poison_eval])
-        for name, value in (("train_loss", train_loss), ("test_acc", test_acc), ("poison_fit", fit)):
+        measured = {"train_loss": train_loss, "test_acc": test_acc, "poison_fit": fit}
+        if val is not None:
+            measured["val_acc"] = accuracy(_predict(model, augmenter, val[0], val_eval), val[1][val_eval])
+        for name, value in measured.items():
             histories[name].append(value)
 
         def snapshot(epoch: int = epoch) -> dict[str, Any]:
@@ -324,8 +347,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
                 }
             )
 
-        hooks.epoch_end(epoch, {"train_loss": train_loss, "test_acc": test_acc, "poison_fit": fit,
-                                "robust_score": robust_score(test_acc, fit)}, snapshot)
+        hooks.epoch_end(epoch, {**measured, "robust_score": robust_score(test_acc, fit)}, snapshot)
 
     test_acc, fit = histories["test_acc"][-1], histories["poison_fit"][-1]
     result = PointResult(
@@ -334,6 +356,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
             "poison_fit": fit,
             "robust_score": robust_score(test_acc, fit),
             "final_train_loss": histories["train_loss"][-1],
+            **({"val_acc": histories["val_acc"][-1]} if val is not None else {}),
         },
         histories=histories,
         params={
@@ -343,6 +366,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
             "num_poisoned": len(poisoned_indices),
             "eval_test_samples": len(test_eval),
             "eval_poisoned_samples": len(poison_eval),
+            "val_size": 0 if val is None else len(val[1]),
             "device": str(device),
         },
         artifacts={
