@@ -45,11 +45,13 @@ class AnalysisOutput:
 
 def completeness_checks(sweep: SweepRecord) -> list[Check]:
     """Checks every study shares: all grid points finished, once each."""
-    n = len(sweep.runs)
+    n = sweep.n_finished
     return [
         Check("all grid points finished", n == sweep.expected_points,
-              f"{n}/{sweep.expected_points} finished" + (f"; not finished: {', '.join(sweep.unfinished_points[:10])}"
-                                                          if sweep.unfinished_points else "")),
+              f"{n}/{sweep.expected_points} finished"
+              + (f" ({len(sweep.stopped)} stopped early by the scheduler, left out of the tables)"
+                 if len(sweep.stopped) else "")
+              + (f"; not finished: {', '.join(sweep.unfinished_points[:10])}" if sweep.unfinished_points else "")),
         Check("no duplicate grid points", not sweep.duplicate_points,
               ", ".join(sweep.duplicate_points[:10]) or "none"),
     ]
@@ -138,6 +140,39 @@ def read_finished_sweep(study: str, experiment: str, tracking_uri: str | None, s
     return sweep
 
 
+def search_view(sweep: SweepRecord):
+    """For a search sweep with a ``--metric``: the metric against each searched key (one panel each; points a
+    scheduler stopped drawn hollow at the value they reached, the best point ringed); else None."""
+    keys = [k[len("space."):] for k in sweep.fixed if k.startswith("space.")]
+    metric, mode = sweep.fixed.get("metric"), sweep.fixed.get("mode")
+    if not keys or not metric or metric not in sweep.runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    best = sweep.runs[metric].idxmax() if mode == "max" else sweep.runs[metric].idxmin()
+    for ax, key in zip(axes[0], keys):
+        x = pd.to_numeric(sweep.runs[key], errors="coerce")
+        ax.scatter(x, sweep.runs[metric], s=22, color="tab:blue", label="complete")
+        if len(sweep.stopped) and key in sweep.stopped and metric in sweep.stopped:
+            ax.scatter(pd.to_numeric(sweep.stopped[key], errors="coerce"), sweep.stopped[metric], s=22,
+                       facecolors="none", edgecolors="tab:gray", label="stopped early")
+        ax.scatter([x[best]], [sweep.runs[metric][best]], s=110, facecolors="none", edgecolors="tab:red",
+                   label=f"best ({mode})")
+        if str(sweep.fixed[f"space.{key}"]).startswith("loguniform"):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(f"{sweep.study}: {sweep.fixed.get('search')} search, {metric} against each searched key")
+    figure.tight_layout()
+    return figure
+
+
 def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) -> int:
     """Read, analyse, write, log and (``--validate``) check one sweep; the command's exit status."""
     args = analysis_parser(study).parse_args(argv)
@@ -147,14 +182,21 @@ def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) 
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = analysis.analyze(sweep)
+    search = search_view(sweep)
+    if search is not None:
+        output.figures["search.png"] = search
     output.summary.update(study=study, experiment=args.experiment, sweep_id=sweep.sweep_id,
-                          n_finished_runs=len(sweep.runs), n_expected_runs=sweep.expected_points,
+                          n_finished_runs=sweep.n_finished, n_expected_runs=sweep.expected_points,
                           missing_points=sweep.unfinished_points)
+    if len(sweep.stopped):
+        output.summary["n_stopped_early"] = len(sweep.stopped)
     paths = write_outputs(output, args.out, table_name=analysis.table_name)
     print(markdown_table(output.table))
     print("\nFindings:\n" + "\n".join(f"- {f}" for f in output.findings))
-    if sweep.runs.shape[0] < sweep.expected_points:
-        print(f"\nwarning: only {len(sweep.runs)}/{sweep.expected_points} grid points finished; "
+    if len(sweep.stopped):
+        print(f"\n{len(sweep.stopped)} point(s) stopped early by the scheduler are left out of the table above")
+    if sweep.n_finished < sweep.expected_points:
+        print(f"\nwarning: only {sweep.n_finished}/{sweep.expected_points} grid points finished; "
               f"missing: {', '.join(sweep.unfinished_points[:10]) or 'never started'}")
     if not args.no_log:
         from record.write import log_analysis_run

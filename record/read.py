@@ -29,6 +29,9 @@ class SweepRecord:
               and every final metric (float; NaN where a run lacks it); a
               point with several FINISHED runs keeps the newest.
     fixed:    the fixed protocol values (typed); ``grid``: each swept dimension's values.
+    stopped:  the points a scheduler stopped early (FINISHED, tagged
+              ``robustlab.stopped_early``), apart from ``runs``: same columns
+              plus ``stopped_early`` (epochs trained).
     """
 
     client: MlflowClient
@@ -47,6 +50,12 @@ class SweepRecord:
     runs: pd.DataFrame
     duplicate_points: list[str] = field(default_factory=list)
     unfinished_points: list[str] = field(default_factory=list)
+    stopped: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def n_finished(self) -> int:
+        """Points with a FINISHED run, stopped early or not."""
+        return len(self.runs) + len(self.stopped)
 
     def history(self, run_id: str, key: str) -> list[float]:
         """A metric's values of one point run, ordered by step."""
@@ -109,7 +118,7 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
             grid[dim] = decode(dim, text, grid=True)
         else:
             fixed[key] = decode(key, text)
-    rows, seen, duplicates = [], set(), []
+    rows, stopped, seen, duplicates = [], [], set(), []
     children = point_runs(client, found.experiment_id, parent.info.run_id)
     for run in children:  # newest first
         if run.info.status != "FINISHED":
@@ -122,7 +131,10 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         row = {"run_id": run.info.run_id, "point": point}
         row.update({key: decode(key, text) for key, text in run.data.params.items()})
         row.update(run.data.metrics)
-        rows.append(row)
+        if schema.TAG_STOPPED in run.data.tags:
+            stopped.append({**row, "stopped_early": int(run.data.tags[schema.TAG_STOPPED])})
+        else:
+            rows.append(row)
     n_points = tags.get(schema.TAG_N_POINTS)
     return SweepRecord(
         client=client, tracking_uri=uri, experiment_id=found.experiment_id, experiment=experiment,
@@ -130,6 +142,6 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         status=parent.info.status, start_time=parent.info.start_time, command=tags.get(schema.TAG_COMMAND),
         fixed=fixed, grid=grid,
         expected_points=int(n_points) if n_points else (math.prod(map(len, grid.values())) if grid else len(rows)),
-        runs=pd.DataFrame(rows), duplicate_points=sorted(set(duplicates)),
+        runs=pd.DataFrame(rows), stopped=pd.DataFrame(stopped), duplicate_points=sorted(set(duplicates)),
         unfinished_points=sorted({r.data.tags.get(schema.TAG_POINT) for r in children} - seen),
     )

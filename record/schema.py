@@ -46,6 +46,8 @@ TAG_RAY_EXPERIMENT = "robustlab.ray_experiment"
 TAG_LEASE = "robustlab.lease"
 TAG_CHECKPOINT = "robustlab.checkpoint"
 TAG_RESUMED = "robustlab.resumed_from_epoch"
+TAG_STOPPED = "robustlab.stopped_early"
+TAG_BEST_RUN = "robustlab.best_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 
 KIND_SWEEP = "sweep"

@@ -151,6 +151,21 @@ class SweepWriter:
         """Points with a FINISHED run, and points whose runs FAILED with none finished."""
         return self._outcomes(point_runs(self.client, self.experiment_id, self.sweep_id))
 
+    def finished_runs(self) -> list:
+        """The sweep's FINISHED point runs (stopped-early ones among them), newest first."""
+        return [r for r in point_runs(self.client, self.experiment_id, self.sweep_id) if r.info.status == "FINISHED"]
+
+    def record_best(self, run_id: str, metric: str, value: float, params: Mapping[str, str]) -> None:
+        """The best point on the parent run: ``best.<key>`` params, the ``best_<metric>`` metric, its run id as
+        the ``robustlab.best_run_id`` tag (a resumed search whose best changed keeps the first params as tags)."""
+        self.client.set_tag(self.sweep_id, schema.TAG_BEST_RUN, run_id)
+        self.client.log_metric(self.sweep_id, f"best_{metric}", value)
+        best = {f"best.{k}": v for k, v in params.items()}
+        try:
+            log_flat(self.client, self.sweep_id, params=best)
+        except Exception:  # noqa: BLE001 - params are write-once: a resume's new best goes to tags
+            log_flat(self.client, self.sweep_id, tags=best)
+
     def take_over(self) -> set[str]:
         """For ``--resume``: mark the runs a dead launch left RUNNING KILLED; returns the finished points."""
         runs = point_runs(self.client, self.experiment_id, self.sweep_id)
@@ -250,6 +265,12 @@ class SweepWriter:
         run = self.client.get_run(run_id)
         name = next(iter(run.data.metrics), None)
         return -1 if name is None else max(m.step for m in self.client.get_metric_history(run_id, name))
+
+    def stop_early(self, run_id: str, epochs_done: int) -> None:
+        """A point a scheduler stopped: FINISHED, tagged with the epochs it trained, its checkpoints deleted."""
+        self.client.set_tag(run_id, schema.TAG_STOPPED, str(epochs_done))
+        self.client.set_terminated(run_id, "FINISHED")
+        self.drop_checkpoints(run_id)
 
     def log_step(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         """One ``log_batch`` of this step's values (a long point's per-epoch progress)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import typing
@@ -12,6 +13,7 @@ from typing import Any
 from analysis.common import exit_process  # noqa: F401  (the launchers exit through it too)
 from record.schema import DecodeError, decode, encode, type_name
 from record.store import StoreError, resolve_tracking_uri
+from tune_jobs.space import Dimension, SpaceError, parse_dimension
 from tune_jobs.study import BUILTIN_PACKAGE, Study
 
 
@@ -62,6 +64,28 @@ class Launch:
     log_models: bool = False
     checkpoint_every: int | None = None
     keep_checkpoints: bool = False
+    search: str = "grid"
+    space: tuple[Dimension, ...] = ()
+    num_samples: int = 1
+    metric: str | None = None
+    mode: str | None = None
+    scheduler: str = "fifo"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+    search_seed: int = 0
+    packed: bool = False
+    point_dims: tuple[str, ...] | None = None
+
+    @property
+    def searching(self) -> bool:
+        """Ray Tune samples points (a search space) or stops them early: one point per Ray trial. A random search
+        of a study that packs cheap points is sampled on the driver instead (``packed``) and runs as a grid."""
+        return (self.search != "grid" and not self.packed) or self.scheduler != "fifo"
+
+    @property
+    def n_points(self) -> int:
+        """Points the launch evaluates: the grid's, each repeated ``num_samples`` times by a search."""
+        return len(self.points) if self.packed or self.search == "grid" else len(self.points) * self.num_samples
 
 
 def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
@@ -115,6 +139,34 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     r.add_argument("--wait-for-resources", action="store_true",
                    help="wait for a node that can hold a Ray trial (a cluster whose autoscaler adds nodes); "
                         "by default a request no node can meet exits with status 2 before any Ray trial")
+    q = parser.add_argument_group("search and early stopping (Ray Tune)")
+    q.add_argument("--search", choices=("grid", "random", "optuna"), default="grid",
+                   help="grid (default): every --grid point; random: Ray Tune's random sampling of --space; optuna: "
+                        "Ray Tune's OptunaSearch (TPE) over --space, guided by --metric/--mode")
+    q.add_argument("--space", action="append", default=[], metavar="KEY=DIST(ARGS)",
+                   help="a searched key (repeatable): uniform(low,high), loguniform(low,high), randint(low,high) "
+                        "(high exclusive) or choice(v1,v2,...); e.g. --space lr=loguniform(0.01,0.3)"
+                        + (", --space " + next(iter(study.open_params)) + ".NAME=..." if study.open_params else ""))
+    q.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="samples of the space per grid point, as Ray Tune's num_samples (default: 1)")
+    q.add_argument("--metric", default=None,
+                   help="what the searcher/scheduler optimises: "
+                        + (", ".join(study.search_metrics) + " (validation metrics)" if study.search_metrics
+                           else "this study reports no validation metric"))
+    q.add_argument("--mode", choices=("max", "min"), default=None, help="maximise or minimise --metric")
+    q.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+                   help="fifo (default): every point runs to the end; asha: Ray Tune's ASHAScheduler stops poor "
+                        "points early (studies that report every epoch)")
+    q.add_argument("--grace-period", type=int, default=1, metavar="EPOCHS",
+                   help="asha: epochs every point runs before it may be stopped (default: 1)")
+    q.add_argument("--reduction-factor", type=float, default=3.0, metavar="F",
+                   help="asha: keep the best 1/F at each rung (default: 3)")
+    q.add_argument("--search-seed", type=int, default=0, metavar="N",
+                   help="seed of the random sampler / Optuna's TPE (default: 0; the same launch samples the same "
+                        "points)")
+    q.add_argument("--config", metavar="FILE.yaml",
+                   help="read flags from a YAML mapping (the flags' names as keys; see README); flags given on the "
+                        "command line come after it")
     m = parser.add_argument_group("models and checkpoints")
     m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
                    help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
@@ -148,7 +200,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     """
     study_ref = study_ref or f"{BUILTIN_PACKAGE}.{study.name}:STUDY"
     shown = study_ref.removesuffix(":STUDY").removeprefix(f"{BUILTIN_PACKAGE}.")
-    args = build_parser(study, f"python -m tune_jobs {shown}").parse_args(argv)
+    parser = build_parser(study, f"python -m tune_jobs {shown}")
+    args = parser.parse_args(expand_config(parser, list(sys.argv[1:] if argv is None else argv)))
     grid = {d: tuple(v) for d, v in study.grid.items()}
     for text in args.grid:
         key, value = _split_assignment("--grid", text)
@@ -162,11 +215,16 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
             raise UsageError(f"--grid: {key} repeats a value: {value!r}")
         grid[key] = values
     fixed = study.defaults()
+    opened: dict[str, Any] = {}
     for text in args.set:
         key, value = _split_assignment("--set", text)
+        if "." in key and study.is_key(key):
+            opened[key] = parse_open_value(value)
+            continue
         if key not in fixed:
             hint = f" (it is a grid dimension: use --grid {key}=...)" if key in study.grid else ""
-            raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}")
+            raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}"
+                             + "".join(f", {p}.NAME" for p in study.open_params))
         fixed[key] = parse_value(study, key, value)
     for option in study.options:
         if option.field is not None and getattr(args, f"set_{option.field}") is not None:
@@ -207,10 +265,33 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         raise UsageError(f"--tracking-uri: {error}") from None
     if args.analyze is not None and study.analysis is None:
         raise UsageError(f"--analyze: study {study.name!r} declares no analysis")
+    search = _parse_search(study, args, grid)
+    explicit = {_split_assignment("--set", t)[0] for t in args.set}
+    if search["metric"] is not None:  # a validation split for the searcher / scheduler, unless --set says otherwise
+        fixed.update({k: v for k, v in study.search_defaults.items() if k not in explicit})
+    if opened:
+        fixed = {k: v for k, v in dataclasses.asdict(study.make_config({**study.first_point(grid), **fixed,
+                                                                           **opened})).items() if k not in study.grid}
     try:
         points = study.points(grid, fixed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    for dimension in search["space"]:  # every sample is a valid config: its bounds must be
+        for bound in dimension.bounds():
+            try:
+                study.make_config({**dataclasses.asdict(points[0]), dimension.key: bound})
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"--space {dimension.key}={dimension.describe()}: {exc}") from None
+    if search["space"]:  # points are named by the swept grid dimensions and the searched keys
+        keys = [d.key for d in search["space"]]
+        search["point_dims"] = tuple(d for d in study.grid if len(grid[d]) > 1 and d not in keys) + tuple(keys)
+    if search["search"] == "random" and search["scheduler"] == "fifo" and study.points_per_trial > 1:
+        import numpy as np  # cheap points: sampled here (seeded) and packed into Ray trials like a grid's
+
+        rng = np.random.default_rng(search["search_seed"])
+        points = [study.make_config({**dataclasses.asdict(p), **{d.key: d.sample(rng) for d in search["space"]}})
+                  for p in points for _ in range(search["num_samples"])]
+        search["packed"] = True
     return Launch(
         study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, tracking_uri=tracking_uri,
         experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
@@ -222,7 +303,119 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         checkpoint_every=checkpoint_every, keep_checkpoints=study.checkpoints and args.keep_checkpoints,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},
+        **search,
     )
+
+
+def parse_open_value(text: str) -> Any:
+    """An open param's value (``--set loss.q=0.5``): a bool (true/false), an int, else a float; its type is
+    checked against the default once the owner (the loss) is loaded."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    raise UsageError(f"--set: {text!r} is not a number or true/false")
+
+
+def _parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple]) -> dict[str, Any]:
+    """The search flags, checked together: what Ray Tune can do with them, else a UsageError naming the flag."""
+    space = []
+    for text in args.space:
+        key, value = _split_assignment("--space", text)
+        if not study.is_key(key):
+            raise UsageError(f"--space: unknown key {key!r}; keys are config fields ({', '.join(study.field_types)})"
+                             + "".join(f" or {p}.NAME" for p in study.open_params))
+        if key in [d.key for d in space]:
+            raise UsageError(f"--space: {key} is given twice")
+        if key in grid and any(f"{key}=" in t for t in args.grid):
+            raise UsageError(f"--space {key}: it is also given with --grid; search it or grid it, not both")
+        try:
+            space.append(parse_dimension(key, value, (lambda v, k=key: parse_value(study, k, v))
+                                         if "." not in key else parse_open_value))
+        except SpaceError as error:
+            raise UsageError(str(error)) from None
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.search == "grid" and space:
+        raise UsageError("--space needs --search random or --search optuna (grid search runs the --grid points)")
+    if args.search == "grid" and args.num_samples != 1:
+        raise UsageError("--num-samples repeats samples of a --space; a grid point runs once (repeat seeds with "
+                         "--grid seed=...)")
+    if args.search != "grid" and not space:
+        raise UsageError(f"--search {args.search} needs at least one --space KEY=DIST(...)")
+    if (args.metric is None) != (args.mode is None):
+        raise UsageError("--metric and --mode go together")
+    needs_metric = [f for f, on in (("--search optuna", args.search == "optuna"),
+                                    ("--scheduler asha", args.scheduler == "asha")) if on]
+    if needs_metric and args.metric is None:
+        raise UsageError(f"{needs_metric[0]} needs --metric NAME and --mode max|min")
+    if args.metric is not None and args.metric not in study.search_metrics:
+        known = ", ".join(study.search_metrics) or "none"
+        raise UsageError(f"--metric {args.metric}: searchers and schedulers select on validation metrics only "
+                         f"(this study's: {known}); test metrics are for the final report")
+    if args.search == "optuna" and any(len(v) > 1 for k, v in grid.items()):
+        swept = next(k for k, v in grid.items() if len(v) > 1)
+        raise UsageError(f"--search optuna takes no grid: {swept} has {len(grid[swept])} values; give it as "
+                         f"--space {swept}=choice(...), or fix it with --grid {swept}=VALUE")
+    if args.scheduler == "asha":
+        if not study.checkpoints:
+            raise UsageError(f"--scheduler asha: {study.name} reports only at the end of a point (no epochs to stop "
+                             "between)")
+        if args.grace_period < 1:
+            raise UsageError(f"--grace-period must be >= 1 epoch, got {args.grace_period}")
+        if not args.reduction_factor > 1:
+            raise UsageError(f"--reduction-factor must be > 1, got {args.reduction_factor:g}")
+    return {"search": args.search, "space": tuple(space), "num_samples": args.num_samples, "metric": args.metric,
+            "mode": args.mode, "scheduler": args.scheduler, "grace_period": args.grace_period,
+            "reduction_factor": args.reduction_factor, "search_seed": args.search_seed}
+
+
+def expand_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--config FILE.yaml`` replaced by the flags it holds (keys: the flags' names; a mapping for ``grid``,
+    ``set`` and ``space``; lists for several values; true for a switch), before the other flags."""
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        return argv
+    import yaml
+
+    rest, path = [], None
+    items = iter(argv)
+    for arg in items:
+        if arg == "--config":
+            path = next(items, None)
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    try:
+        with open(path or "") as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"--config {path}: {error}") from None
+    if not isinstance(loaded, dict):
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
+    known = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    flags: list[str] = []
+    for key, value in loaded.items():
+        flag = known.get(str(key).replace("_", "-"))
+        if flag is None or flag == "--config":
+            raise UsageError(f"--config {path}: unknown key {key!r} (keys are the launcher's flags, e.g. grid, set, "
+                             "space, search, num_samples)")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flags += [flag, f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"]
+        elif value is True:
+            flags.append(flag)
+        elif value is False:
+            if f"--no-{flag[2:]}" in known.values():
+                flags.append(f"--no-{flag[2:]}")
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                flags += [flag, str(item)]
+    return flags + rest
 
 
 def fail_usage(message: str) -> typing.NoReturn:

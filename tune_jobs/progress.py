@@ -42,8 +42,9 @@ class PointProgress(tune.Callback):
         if status == TRACKING_LOST:  # Tune fails the run; its saved state keeps running Ray trials unfinished
             raise TrackingLostError(result.get("error", ""))
         if self.total is None:  # a restored experiment's finished Ray trials report nothing again
-            self.total = trial.config["trial"]["context"]["n_points"]
-            self.done = sum(len(t.config["trial"]["points"]) for t in trials if t.status == "TERMINATED")
+            self.total = _context(trial)["n_points"]
+            self.done = sum(len(t.config["trial"]["points"]) if "trial" in t.config else 1
+                            for t in trials if t.status == "TERMINATED")
         if status != "epoch":
             self.done += 1
         shown = ", ".join(f"{k}={result[k]:.4g}" for k in ("epoch", *self.metrics)
@@ -53,3 +54,23 @@ class PointProgress(tune.Callback):
         print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
               + (f"  {shown}" if shown else ""), flush=True)
 
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A Ray trial a scheduler stopped (its last report was an epoch): its run ends FINISHED, tagged
+        ``robustlab.stopped_early`` with the epochs it trained; its checkpoints go."""
+        last = trial.last_result or {}
+        if last.get("status") != "epoch" or not last.get("run_id"):
+            return
+        from record.write import SweepWriter
+
+        context = _context(trial)
+        writer = SweepWriter(context["tracking_uri"], context["experiment_id"], context["sweep_id"], "")
+        writer.stop_early(last["run_id"], int(last["epochs_done"]))
+        self.done += 1
+        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] stopped  {last.get('point')}  "
+              f"after {last['epochs_done']} epoch(s) by the scheduler", flush=True)
+
+
+def _context(trial) -> dict:
+    """The launch context a Ray trial carries (packed grid trials and search trials hold it differently)."""
+    return trial.config["trial"]["context"] if "trial" in trial.config else trial.config["context"]

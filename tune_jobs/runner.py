@@ -162,12 +162,28 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]
         return sweep.info.run_id, lease
     sweep_id = create_sweep(
         client, experiment_id, study=study.name, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        command=" ".join(sys.argv), fixed={k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
-        grid=launch.grid, n_points=len(launch.points), param_types=study.param_types(),
+        command=" ".join(sys.argv), fixed={**{k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
+                                           **{f"{prefix}.{name}": value for prefix, field in study.open_params.items()
+                                              for name, value in launch.fixed.get(field, ())},
+                                           **_search_params(launch)},
+        grid=launch.grid, n_points=launch.n_points, param_types=study.param_types(),
     )
     lease = Lease(client, sweep_id)
     lease.acquire(settle_s=0)
     return sweep_id, lease
+
+
+def _search_params(launch: Launch) -> dict[str, Any]:
+    """A search's settings as the parent run's params (none for a plain grid)."""
+    if launch.search == "grid" and launch.scheduler == "fifo":
+        return {}
+    params = {"search": launch.search, "num_samples": launch.num_samples, "search_seed": launch.search_seed,
+              "scheduler": launch.scheduler, **{f"space.{d.key}": d.describe() for d in launch.space}}
+    if launch.metric:
+        params.update(metric=launch.metric, mode=launch.mode)
+    if launch.scheduler == "asha":
+        params.update(grace_period=launch.grace_period, reduction_factor=launch.reduction_factor)
+    return params
 
 
 def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lease]:
@@ -202,14 +218,14 @@ def _check_unchanged(launch: Launch, sweep: SweepWriter) -> None:
     among them): the code a resumed point runs is the code the user passes now, checked against the record."""
     recorded = sweep.recorded_params()
     for config in launch.points:
-        before = recorded.get(launch.study.point_key(config))
+        before = recorded.get(launch.study.point_key(config, launch.point_dims))
         if before is None:
             continue
         now = {k: schema.encode(v) for k, v in launch.study.params(config).items()}
         changed = sorted(k for k in now if k in before and before[k] != now[k])
         if changed:
             key = changed[0]
-            raise UsageError(f"--resume: point {launch.study.point_key(config)} was run with {key}={before[key]}, "
+            raise UsageError(f"--resume: point {launch.study.point_key(config, launch.point_dims)} was run with {key}={before[key]}, "
                              f"this command gives {key}={now[key]}; resume with the same inputs, or start a new sweep")
 
 
@@ -274,8 +290,11 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     """
     study = launch.study
     uri = launch.tracking_uri
+    # a searched key's bounds are prepared (checked) too: a loss hyperparameter the loss lacks fails here, not in Ray
+    bounds = [study.make_config({**asdict(launch.points[0]), d.key: b}) for d in launch.space for b in d.bounds()]
     try:
-        prepared = study.prepare(launch.points, launch.switches) if study.prepare else launch.points
+        prepared = (study.prepare(launch.points + bounds, launch.switches)[:len(launch.points)] if study.prepare
+                    else launch.points)
     except ValueError as error:  # e.g. a user loss that breaks the contract, a missing data folder
         raise UsageError(str(error)) from None
     launch = dataclasses.replace(launch, points=prepared)
@@ -307,23 +326,34 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     try:
         _check_resources(launch)
         _check_cluster_storage(launch, sweep)
-        pending = [cfg for cfg in launch.points if study.point_key(cfg) not in finished]
-        if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
-            pending.sort(key=study.cost, reverse=True)
-        chunks = _plan_trials([asdict(cfg) for cfg in pending], launch.points_per_trial, _trial_slots(launch))
-        print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished) in {len(chunks)} "
-              f"Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep {sweep.sweep_id}", flush=True)
-        if pending:
-            context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
-                       "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
-                       "gpus_per_trial": launch.gpus_per_trial, "n_points": len(pending),
-                       "point_timeout": launch.point_timeout, "log_models": launch.log_models,
-                       "checkpoint_every": launch.checkpoint_every, "keep_checkpoints": launch.keep_checkpoints}
-            trials = [{"context": context, "points": chunk} for chunk in chunks]
+        context = {"study": launch.study_ref, "tracking_uri": uri, "experiment_id": sweep.experiment_id,
+                   "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
+                   "gpus_per_trial": launch.gpus_per_trial, "point_timeout": launch.point_timeout,
+                   "log_models": launch.log_models, "checkpoint_every": launch.checkpoint_every,
+                   "keep_checkpoints": launch.keep_checkpoints}
+        if launch.searching:
+            print(f"{study.name}: {launch.n_points} points ({_describe_search(launch)}; {len(finished)} already "
+                  f"finished), one per Ray trial, tracking {uri}, experiment {launch.experiment!r}, sweep "
+                  f"{sweep.sweep_id}", flush=True)
             try:
-                lost = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+                lost = _run_search(launch, _experiment_path(launch, sweep, storage), context)
             except KeyboardInterrupt:
                 interrupted = True
+        else:
+            pending = [cfg for cfg in launch.points if study.point_key(cfg, launch.point_dims) not in finished]
+            if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
+                pending.sort(key=study.cost, reverse=True)
+            chunks = _plan_trials([asdict(cfg) for cfg in pending], launch.points_per_trial, _trial_slots(launch))
+            print(f"{study.name}: {len(launch.points)} grid points ({len(finished)} already finished) in "
+                  f"{len(chunks)} Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep "
+                  f"{sweep.sweep_id}", flush=True)
+            if pending:
+                trials = [{"context": {**context, "n_points": len(pending), "point_dims": launch.point_dims},
+                           "points": chunk} for chunk in chunks]
+                try:
+                    lost = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+                except KeyboardInterrupt:
+                    interrupted = True
     except BaseException as error:
         ray.shutdown()
         _abandon(sweep, lease, error)
@@ -360,18 +390,45 @@ def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
         print(f"{study.name}: {ended} point run(s) whose Ray trial ended early marked "
               f"{'KILLED' if interrupted else 'FAILED'}", flush=True)
     done_points, failed_points = sweep.point_outcomes()
-    all_points = {study.point_key(p) for p in launch.points}
-    n_done = len(done_points & all_points)
-    sweep.close(len(all_points), n_done, interrupted)
-    print(f"{study.name}: {n_done}/{len(all_points)} grid points finished in sweep {sweep.sweep_id} "
-          f"(experiment id {sweep.experiment_id})", flush=True)
-    if n_done == len(all_points):
+    if launch.searching or launch.metric:
+        _report_search(launch, sweep)
+    if launch.searching:
+        n_all, n_done = launch.n_points, min(len(done_points), launch.n_points)
+    else:
+        all_points = {study.point_key(p, launch.point_dims) for p in launch.points}
+        n_all, n_done = len(all_points), len(done_points & all_points)
+    sweep.close(n_all, n_done, interrupted)
+    print(f"{study.name}: {n_done}/{n_all} {'' if launch.searching else 'grid '}points finished in sweep "
+          f"{sweep.sweep_id} (experiment id {sweep.experiment_id})", flush=True)
+    if n_done == n_all:
         return 0
-    missing = len(all_points) - n_done
+    missing = n_all - n_done
     print(f"{study.name}: {missing} grid point(s) did not finish ({len(failed_points)} failed: see the FAILED point "
           f"runs' '{schema.TAG_ERROR}' tag and {schema.TRACEBACK_ARTIFACT} artifact); continue with --resume "
           f"{sweep.sweep_id}", flush=True)
     return 1
+
+
+def _report_search(launch: Launch, sweep: SweepWriter) -> None:
+    """After a search: how much early stopping saved, and the best complete point (on the parent run, printed)."""
+    runs = sweep.finished_runs()
+    stopped = [r for r in runs if schema.TAG_STOPPED in r.data.tags]
+    if launch.scheduler != "fifo":
+        planned = sum(int(r.data.params.get("epochs", 0)) for r in runs)
+        saved = sum(int(r.data.params.get("epochs", 0)) - int(r.data.tags[schema.TAG_STOPPED]) for r in stopped)
+        print(f"{launch.study.name}: the scheduler stopped {len(stopped)} of {len(runs)} points early; "
+              f"{saved} of {planned} planned epochs not trained ({saved / max(planned, 1):.0%})", flush=True)
+    complete = [r for r in runs if schema.TAG_STOPPED not in r.data.tags and launch.metric in r.data.metrics]
+    if not launch.metric or not complete:
+        return
+    pick = max if launch.mode == "max" else min
+    best = pick(complete, key=lambda r: r.data.metrics[launch.metric])
+    keys = [d.key for d in launch.space] + [d for d in launch.study.grid if len(launch.grid[d]) > 1]
+    values = {k: best.data.params[k] for k in keys if k in best.data.params}
+    sweep.record_best(best.info.run_id, launch.metric, best.data.metrics[launch.metric], values)
+    shown = " ".join(f"{k}={v}" for k, v in values.items())
+    print(f"{launch.study.name}: best point by {launch.metric} ({launch.mode}): {launch.metric}="
+          f"{best.data.metrics[launch.metric]:.4g}  {shown}  (run {best.info.run_id})", flush=True)
 
 
 def _analyze(launch: Launch, sweep_id: str) -> int:
@@ -406,6 +463,18 @@ def _trial_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
+def _restored(launch: Launch, experiment_path: str, trainable):
+    """With ``--resume``, the Ray Tune experiment at ``experiment_path`` restored (its searcher's state with it) if
+    it is there and private; else None."""
+    from ray import tune
+
+    if not (launch.resume and tune.Tuner.can_restore(experiment_path)):
+        return None
+    _check_private(Path(experiment_path))
+    print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
+    return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+
+
 def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str | None:
     """Run the trials as a Ray Tune experiment at ``experiment_path``.
 
@@ -422,11 +491,8 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
-    if launch.resume and tune.Tuner.can_restore(experiment_path):
-        _check_private(Path(experiment_path))
-        print(f"restoring the Ray Tune experiment {experiment_path}", flush=True)
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
+    tuner = _restored(launch, experiment_path, trainable)
+    if tuner is None:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trials)},
@@ -438,6 +504,11 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures),
             ),
         )
+    return _fit(launch, tuner)
+
+
+def _fit(launch: Launch, tuner) -> str | None:
+    """Run the Tuner; the error if the tracking store stopped answering (which ends the run), else None."""
     try:
         tuner.fit()
     except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
@@ -445,6 +516,71 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
             raise
         return f"{type(error).__name__}: {error}".splitlines()[0]
     return None
+
+
+def _describe_search(launch: Launch) -> str:
+    parts = [f"{launch.search} search" + (f" of {launch.num_samples} sample(s) per grid point" if launch.space else "")]
+    parts += [f"{d.key}={d.describe()}" for d in launch.space]
+    if launch.scheduler == "asha":
+        parts.append(f"ASHA on {launch.metric} ({launch.mode}), grace {launch.grace_period} epoch(s), "
+                     f"reduction factor {launch.reduction_factor:g}")
+    elif launch.metric:
+        parts.append(f"{launch.mode} {launch.metric}")
+    return ", ".join(parts)
+
+
+def _run_search(launch: Launch, experiment_path: str, context: dict[str, Any]) -> str | None:
+    """A search (or a scheduled grid) as Ray Tune sees it: the grid points as ``grid_search`` over ``base``, each
+    searched key as Ray Tune's sampler, ``num_samples``, and the search algorithm and scheduler asked for.
+
+    One point per Ray trial. ``--resume`` restores Ray Tune's experiment (the searcher's state included) when it
+    is on this machine; points with a FINISHED run are skipped by the trial that draws them again.
+    """
+    from ray import tune
+
+    from tune_jobs.progress import PointProgress
+    from tune_jobs.worker import run_search_point
+
+    study = launch.study
+    context = {**context, "n_points": launch.n_points, "space_keys": [d.key for d in launch.space],
+               "point_dims": launch.point_dims}
+    bases = [asdict(cfg) for cfg in launch.points]
+    trainable = tune.with_resources(run_search_point, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
+    tuner = _restored(launch, experiment_path, trainable)
+    if tuner is None:
+        if launch.resume:
+            raise UsageError(f"--resume of a search sweep needs Ray Tune's state at {experiment_path} (the searcher's "
+                             "samples and state live there) and it is not there; start a new sweep")
+        search_alg = None
+        if launch.search == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=launch.metric, mode=launch.mode, seed=launch.search_seed)
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=launch.search_seed)
+        scheduler = None
+        if launch.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            # max_t far beyond any epoch count: the rungs are grace x factor^k; ASHA never stops a point's last epoch
+            scheduler = ASHAScheduler(time_attr="epochs_done", metric=launch.metric, mode=launch.mode,
+                                      max_t=10**6, grace_period=launch.grace_period,
+                                      reduction_factor=launch.reduction_factor)
+        param_space = {"context": context, "base": tune.grid_search(bases) if len(bases) > 1 else bases[0],
+                       **{d.key: d.to_tune() for d in launch.space}}
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=launch.num_samples,
+                                        max_concurrent_trials=launch.max_concurrent, reuse_actors=True,
+                                        trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path), verbose=0,
+                callbacks=[PointProgress(study.metrics)],
+                failure_config=tune.FailureConfig(max_failures=launch.max_failures)),
+        )
+    return _fit(launch, tuner)
 
 
 def main(ref: str, argv: list[str] | None = None) -> int:

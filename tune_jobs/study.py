@@ -67,6 +67,13 @@ class Study:
                       ship.  A ``ValueError`` is a usage error (exit status 2).
     analyze_by_default: run the analysis after the sweep even without ``--analyze``.
     point_timeout:    seconds after which a point fails (``--point-timeout``); None for none.
+    search_metrics:   metrics a searcher or scheduler may select on (``--metric``):
+                      measured on a validation split, never on the test set.
+    search_defaults:  protocol values a search or scheduler launch uses unless
+                      ``--set`` says otherwise (e.g. ``{"val_fraction": 0.1}``).
+    open_params:      prefix -> config field holding named values ``--set``/``--space
+                      PREFIX.NAME=...`` set (robust_loss: ``loss`` -> ``loss_params``,
+                      a sorted tuple of ``(name, value)``), logged as ``PREFIX.NAME``.
 
     A config may define ``params()`` returning the flat, fully resolved values
     to log; otherwise every field not in ``unlogged_fields`` is logged.
@@ -88,6 +95,9 @@ class Study:
     prepare: Callable[[list[Any], dict[str, Any]], list[Any]] | None = None
     analyze_by_default: bool = False
     point_timeout: float | None = None
+    search_metrics: tuple[str, ...] = ()
+    search_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    open_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config_type)}
@@ -129,9 +139,40 @@ class Study:
             for values in itertools.product(*(grid[d] for d in dims))
         ]
 
-    def point_key(self, config: Any) -> str:
-        """Stable identity of a grid point: ``dim=value`` pairs in grid order."""
-        return schema.point_key(list(self.grid), {d: getattr(config, d) for d in self.grid})
+    def make_config(self, values: Mapping[str, Any]) -> Any:
+        """A config from field values and ``PREFIX.NAME`` open params (merged into their field, sorted)."""
+        fields, opened = {}, {}
+        for key, value in values.items():
+            prefix, dot, name = key.partition(".")
+            if dot and prefix in self.open_params:
+                opened.setdefault(self.open_params[prefix], {})[name] = value
+            else:
+                fields[key] = value
+        for field_name, named in opened.items():
+            fields[field_name] = tuple(sorted({**dict(fields.get(field_name, ())), **named}.items()))
+        return self.config_type(**fields)
+
+    def first_point(self, grid: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """The first value of every grid dimension."""
+        return {d: grid[d][0] for d in self.grid}
+
+    def is_key(self, key: str) -> bool:
+        """Whether ``key`` names a config field or an open param (``loss.q``)."""
+        prefix, dot, name = key.partition(".")
+        return (prefix in self.open_params and name.isidentifier()) if dot else key in self.field_types
+
+    def point_key(self, config: Any, dims: Sequence[str] | None = None) -> str:
+        """Stable identity of a point: ``dim=value`` pairs, of the grid's dimensions in grid order unless a
+        search names its own (``dims``: the swept grid dimensions, then the searched keys)."""
+        dims = list(self.grid) if dims is None else list(dims)
+        return schema.point_key(dims, {d: self.value(config, d) for d in dims})
+
+    def value(self, config: Any, key: str) -> Any:
+        """A config field's value, or an open param's (``loss.q``; None when not set)."""
+        prefix, dot, name = key.partition(".")
+        if dot and prefix in self.open_params:
+            return dict(getattr(config, self.open_params[prefix])).get(name)
+        return getattr(config, key)
 
     def params(self, config: Any) -> dict[str, Any]:
         """Flat MLflow params for a point (values; :mod:`record` encodes them)."""

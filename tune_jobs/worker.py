@@ -91,7 +91,10 @@ class RunEpochHooks:
         if epoch > self._logged_through:  # a resumed point re-trains epochs logged after its checkpoint
             self.writer.log_step(self.run_id, epoch, metrics)
         self.last_logged = dict(metrics)
-        tune.report({"point": self.point, "status": "epoch", "epoch": epoch, **metrics})
+        # Ray Tune's schedulers (ASHA) compare points on --metric after each "epochs_done"; a point they stop
+        # leaves this call by SystemExit, and the driver records it as stopped early (tune_jobs.progress).
+        tune.report({"point": self.point, "status": "epoch", "epoch": epoch, "epochs_done": epoch + 1,
+                     "run_id": self.run_id, **metrics})
         if self._due(epoch):
             self._save(epoch, state())
 
@@ -176,12 +179,26 @@ def run_points(trial_config: dict[str, Any]) -> None:
     tracking store that stopped answering ends the Ray trial, reported as
     ``tracking_lost`` (every later point would be lost too; the driver stops).
     """
+    trial = trial_config["trial"]
+    study = load_study(trial["context"]["study"])
+    configs = [study.make_config(entry) for entry in trial["points"]]
+    _compute(trial["context"], study, [(study.point_key(c, trial["context"].get("point_dims")), c) for c in configs])
+
+
+def run_search_point(trial_config: dict[str, Any]) -> None:
+    """Ray Tune function trainable of a search: one point, a grid point (``base``, from Ray Tune's
+    ``grid_search``) with the searched keys Ray Tune sampled (flat keys of ``trial_config``)."""
+    context, base = trial_config["context"], trial_config["base"]
+    study = load_study(context["study"])
+    config = study.make_config({**base, **{key: trial_config[key] for key in context["space_keys"]}})
+    _compute(context, study, [(study.point_key(config, context["point_dims"]), config)])
+
+
+def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> None:
+    """The points of one Ray trial, in order, each its own MLflow run."""
     from ray import tune
 
-    trial = trial_config["trial"]
-    context = trial["context"]
     uri = context["tracking_uri"]
-    study = load_study(context["study"])
     writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name)
     device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
     threads = max(1, int(context["cpus_per_trial"]))
@@ -191,9 +208,7 @@ def run_points(trial_config: dict[str, Any]) -> None:
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
         earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
-        for index, entry in enumerate(trial["points"]):
-            config = study.config_type(**entry)
-            point = study.point_key(config)
+        for index, (point, config) in enumerate(points):
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
                 tune.report({"point": point, "status": "skipped", "points_done": index + 1})
                 continue

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from core.augment import DeviceAugmenter
-from core.losses import LossContractError, LossSource, instantiate_loss, load_loss_source, loss_kind, sha256_text
+from core.losses import (LossContractError, LossSource, instantiate_loss, load_loss_source, loss_kind, sha256_text,
+                         tunable_params)
 from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
 from core.point import EpochHooks, PointContext, PointResult, TrainedModel
@@ -105,6 +106,8 @@ class RobustLossConfig:
                  fixed by ``poison_seed`` (the spec's 42) unless overridden.
     torch_threads: intra-op threads on CPU; float reductions depend on it, so
                  it is part of the protocol (same config, same numbers).
+    loss_params: the loss's hyperparameters to override, sorted ``(name, value)``
+                 pairs (``--set loss.q=0.5``); the loss checks names and types.
     val_fraction: share of the (poisoned) training set held out as a
                  validation split (:func:`core.training.validation_split`,
                  drawn from ``poison_seed``: the same samples for every point
@@ -120,6 +123,7 @@ class RobustLossConfig:
     loss_source: str | None = None
     torch_threads: int = 1
     val_fraction: float = 0.0
+    loss_params: tuple[tuple[str, bool | int | float], ...] = ()
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -145,6 +149,10 @@ class RobustLossConfig:
         check_choice("scale", self.scale, ("full", "smoke"))
         check_int("torch_threads", self.torch_threads, 1)
         check_real("val_fraction", self.val_fraction, 0, 0.5, high_open=True)
+        pairs = self.loss_params
+        if not isinstance(pairs, tuple) or any(not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                                    and isinstance(p[1], (bool, int, float))) for p in pairs):
+            raise ValueError(f"loss_params must be a tuple of (name, number) pairs, got {pairs!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
         side = min(self.image_shape()[1:])
@@ -204,6 +212,7 @@ class RobustLossConfig:
         }
         if self.loss_source is not None:
             params["loss_sha256"] = sha256_text(self.loss_source)
+        params.update({f"loss.{name}": value for name, value in self.loss_params})
         if self.scale == "smoke":
             params.update(smoke_train_batches=SMOKE_TRAIN_BATCHES, smoke_eval_samples=SMOKE_EVAL_SAMPLES)
         return params
@@ -262,7 +271,8 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
     info = DATASETS[benchmark.dataset]
     smoke = config.scale == "smoke"
     loss_source = config.loss_spec()
-    loss = instantiate_loss(loss_source)
+    loss = instantiate_loss(loss_source, dict(config.loss_params))
+    hyperparameters = {f"loss.{k}": getattr(loss, k) for k in tunable_params(type(loss))}
 
     data = load_dataset(benchmark.dataset, config.data_dir)
     poisoned_labels, poisoned_indices = next_class_flip(
@@ -367,6 +377,7 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
             "eval_test_samples": len(test_eval),
             "eval_poisoned_samples": len(poison_eval),
             "val_size": 0 if val is None else len(val[1]),
+            **hyperparameters,
             "device": str(device),
         },
         artifacts={

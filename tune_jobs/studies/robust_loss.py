@@ -43,11 +43,11 @@ def prepare(points: list[RobustLossConfig], switches: dict[str, Any]) -> list[Ro
             raise ValueError(str(error)) from None
     sources = {}
     for point in prepared:
-        key = (point.loss, DATASETS[BENCHMARKS[point.benchmark].dataset].num_classes)
+        key = (point.loss, DATASETS[BENCHMARKS[point.benchmark].dataset].num_classes, point.loss_params)
         if key not in sources:
-            sources[key] = check_loss(point.loss, num_classes=key[1])
-    return [dataclasses.replace(p, loss_source=sources[(p.loss, DATASETS[BENCHMARKS[p.benchmark].dataset].num_classes)].source)
-            for p in prepared]
+            sources[key] = check_loss(point.loss, num_classes=key[1], params=dict(point.loss_params))
+    return [dataclasses.replace(p, loss_source=sources[(p.loss, DATASETS[BENCHMARKS[p.benchmark].dataset].num_classes,
+                                                        p.loss_params)].source) for p in prepared]
 
 
 STUDY = Study(
@@ -68,7 +68,10 @@ STUDY = Study(
     metrics=("test_acc", "poison_fit", "robust_score", "final_train_loss"),
     checkpoints=True,
     log_models=True,
-    unlogged_fields=("loss_source",),
+    unlogged_fields=("loss_source", "loss_params"),
+    search_metrics=("val_acc",),
+    search_defaults={"val_fraction": 0.1},
+    open_params={"loss": "loss_params"},
     options=(
         Option("--data-dir", "folder holding the data sets (default: $" + DATA_DIR_ENV + "; digits need none)",
                field="data_dir"),
