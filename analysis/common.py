@@ -164,6 +164,7 @@ def search_view(sweep: SweepRecord):
                    label=f"best ({mode})")
         if str(sweep.fixed[f"space.{key}"]).startswith("loguniform"):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on short ranges
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
