@@ -158,8 +158,10 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
         "per_epsilon": evals.groupby(["dataset", "hidden_width", "epsilon"])[list(PER_EPSILON)].mean().reset_index()
         .to_dict(orient="records"),
     }
+    metrics = {f"{name}_{dataset}_{attack}": values[key] for dataset, attacks in corr.items()
+               for attack, values in attacks.items() for name, key in (("r", "r"), ("p", "p_value"))}
     return AnalysisOutput(summary=summary, table=table, findings=findings(by_width, corr),
-                          figures=_plots(evals, by_width), tables={"evaluations": evals})
+                          figures=_plots(evals, by_width), tables={"evaluations": evals}, metrics=metrics)
 
 
 def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:

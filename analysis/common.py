@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import pandas as pd
 
 from record.read import SweepNotFound, SweepRecord, read_sweep
+from record.runs import ui_link
 
 
 @dataclass
@@ -41,6 +42,7 @@ class AnalysisOutput:
     findings: list[str]
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # intermediate tables the checks reuse
+    metrics: dict[str, float] = field(default_factory=dict)  # the findings as MLflow metrics (stable names)
 
 
 def completeness_checks(sweep: SweepRecord) -> list[Check]:
@@ -202,8 +204,9 @@ def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) 
     if not args.no_log:
         from record.write import log_analysis_run
 
-        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths)
-        print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}")
+        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths, output.metrics)
+        print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "
+              f"{ui_link(sweep.tracking_uri, sweep.experiment_id)}")
     print(f"outputs in {args.out}/: " + ", ".join(p.name for p in paths))
     if args.validate:
         print(f"\nvalidation of sweep {sweep.sweep_id}:")

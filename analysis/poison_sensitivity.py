@@ -153,8 +153,12 @@ def make_analysis(size: str = "hidden_width", label: str = "width") -> Analysis:
             f"{label}s": {str(w): {k: v for k, v in f.items() if not k.startswith("_")} for w, f in fits.items()},
             "aggregate": agg.to_dict(orient="records"),
         }
+        letter = label[0]
+        metrics = {f"{name}_{letter}{w}": f[key] for w, f in fits.items()
+                   for name, key in (("threshold", "threshold"), ("k", "k"), ("r2", "r2"),
+                                     ("gen_gap_at_max", "gen_gap_at_max"))}
         return AnalysisOutput(summary=summary, table=table, findings=findings(fits, label),
-                              figures=_plots(agg, fits, size, label))
+                              figures=_plots(agg, fits, size, label), metrics=metrics)
 
     def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
         """Completeness and sanity of a finished sweep."""

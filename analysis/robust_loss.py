@@ -92,8 +92,10 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
         },
         "mean_robust_score": stats.groupby("loss").robust_score_mean.mean().to_dict(),
     }
+    metrics = {f"{m}_{r.benchmark}_{r.loss}": r[f"{m}_mean"] for _, r in stats.iterrows() for m in METRICS}
+    metrics.update({f"mean_robust_score_{loss}": v for loss, v in summary["mean_robust_score"].items()})
     return AnalysisOutput(summary=summary, table=table, findings=findings, figures=_curves(sweep),
-                          tables={"stats": stats})
+                          tables={"stats": stats}, metrics=metrics)
 
 
 def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from record.schema import KIND_POINT, KIND_SWEEP, TAG_KIND, TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP
+from record.schema import (EXPERIMENT_KIND_TRAINING, KIND_POINT, KIND_SWEEP, TAG_EXPERIMENT_KIND, TAG_KIND,
+                           TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -27,7 +28,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
             raise ValueError(f"experiment {name!r} is deleted in {tracking_uri}; restore it or pick another name")
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri, name))
+        # Declared training work: MLflow's UI routes such an experiment to its runs, not to its GenAI overview
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri, name),
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
     except Exception:  # another process created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -61,3 +64,12 @@ def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_tria
     if ray_trial is not None:
         query += f" and tags.`{TAG_RAY_TRIAL}` = '{ray_trial}'"
     return search_all_runs(client, [experiment_id], query)
+
+
+def ui_link(tracking_uri: str, experiment_id: str) -> str:
+    """Where the experiment's training runs open in the MLflow UI (the link's ``workflowType`` picks the runs table
+    over the GenAI overview), with the command that serves the UI for a SQLite store."""
+    path = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1)"

@@ -79,12 +79,16 @@ def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, Any
 
 def create_sweep(client: MlflowClient, experiment_id: str, *, study: str, run_name: str, command: str,
                  fixed: Mapping[str, Any], grid: Mapping[str, Iterable[Any]], n_points: int,
-                 param_types: Mapping[str, str]) -> str:
-    """A new sweep's parent run (RUNNING): fixed values and ``grid.<dim>`` lists as params; returns its id."""
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_STUDY: study,
-                                  schema.TAG_COMMAND: command[:4000]})
+                 param_types: Mapping[str, str], provenance: Mapping[str, str] = (), note: str | None = None) -> str:
+    """A new sweep's parent run (RUNNING): fixed values and ``grid.<dim>`` lists as params, ``provenance`` tags
+    and ``note`` as its description; returns its id."""
+    tags = {schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_STUDY: study, schema.TAG_COMMAND: command[:4000],
+            **dict(provenance)}
+    if note:
+        tags[schema.TAG_NOTE] = note
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     sweep_id = run.info.run_id
+    client.update_run(sweep_id, name=f"{run_name}-{sweep_id[:6]}")  # names in the UI tell sweeps of a day apart
     params = dict(fixed)
     params.update({f"{schema.GRID_PREFIX}{d}": tuple(v) for d, v in grid.items()})
     log_flat(client, sweep_id, params=params,
@@ -127,11 +131,13 @@ def node_address() -> str:
 class SweepWriter:
     """One sweep's runs as launching writes them: the parent's end, and each point's run from start to end."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, study: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, sweep_id: str, study: str,
+                 provenance: Mapping[str, str] = ()) -> None:
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id
         self.sweep_id = sweep_id
         self.study = study
+        self.provenance = dict(provenance)  # tags every point's run carries (where it came from)
 
     def recorded_params(self) -> dict[str, dict[str, str]]:
         """The params each point's newest run recorded, by point (what ``--resume`` compares a point against)."""
@@ -193,7 +199,7 @@ class SweepWriter:
         self.client.set_terminated(self.sweep_id, terminal_status(n_points, n_finished, interrupted))
 
     def start(self, point: str, params: Mapping[str, Any], ray_trial: str, earlier: Iterable = (),
-              resume_run_id: str | None = None, resumed_epoch: int | None = None) -> str:
+              resume_run_id: str | None = None, resumed_epoch: int | None = None, run_name: str | None = None) -> str:
         """A RUNNING run for ``point``; ``earlier`` attempts left RUNNING are marked KILLED.
 
         With ``resume_run_id`` (the run holding the checkpoint of ``resumed_epoch``) that run is continued instead.
@@ -208,10 +214,10 @@ class SweepWriter:
             log_flat(self.client, resume_run_id, tags={schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial,
                                                        schema.TAG_RESUMED: resumed_epoch})
             return resume_run_id
-        tags = {schema.TAG_PARENT: self.sweep_id, schema.TAG_SWEEP: self.sweep_id, schema.TAG_STUDY: self.study,
-                schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: point, schema.TAG_NODE: node_address(),
-                schema.TAG_RAY_TRIAL: ray_trial}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=point.replace(" ", ","))
+        tags = {**self.provenance, schema.TAG_PARENT: self.sweep_id, schema.TAG_SWEEP: self.sweep_id,
+                schema.TAG_STUDY: self.study, schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: point,
+                schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point)
         log_flat(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
@@ -313,11 +319,18 @@ def checkpoint_note(run) -> dict[str, Any] | None:
 
 
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
-                     paths: Iterable[Path]) -> str:
-    """An analysis run nested under the sweep's parent, holding the output files as artifacts."""
+                     paths: Iterable[Path], metrics: Mapping[str, float] = ()) -> str:
+    """An analysis run nested under the sweep's parent, holding the output files as artifacts and the findings
+    as metrics; the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each;
+    non-finite values (a fit that failed) are left out."""
     tags = {schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
             schema.TAG_KIND: schema.KIND_ANALYSIS}
     run = client.create_run(experiment_id, tags=tags, run_name=f"analysis-{study}")
+    now = int(time.time() * 1000)
+    findings = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()
+                if v is not None and math.isfinite(float(v))]
+    for run_id in (run.info.run_id, sweep_id):
+        log_flat(client, run_id, metrics=findings)
     for path in paths:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")

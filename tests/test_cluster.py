@@ -69,6 +69,9 @@ def test_an_address_where_no_cluster_answers_exits_2_and_leaves_nothing_running(
     uri = f"sqlite:///{tmp_path}/m.db"
     env = python_env()
     env.pop("RAY_ADDRESS", None)
+    # 'auto' reads the address file under the temp folder: a private one, so no other Ray on this machine answers
+    (tmp_path / "tmp").mkdir()
+    env.update(TMPDIR=str(tmp_path / "tmp"), RAY_TMPDIR=str(tmp_path / "tmp"))
     started = time.monotonic()
     proc = subprocess.run([PYTHON, "-m", "tune_jobs.poison_sensitivity", "--address", address, "--tracking-uri", uri],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

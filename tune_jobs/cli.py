@@ -75,6 +75,7 @@ class Launch:
     search_seed: int = 0
     packed: bool = False
     point_dims: tuple[str, ...] | None = None
+    argv: tuple[str, ...] = ()  # the flags as given (the record's command to run the launch again)
 
     @property
     def searching(self) -> bool:
@@ -201,7 +202,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     study_ref = study_ref or f"{BUILTIN_PACKAGE}.{study.name}:STUDY"
     shown = study_ref.removesuffix(":STUDY").removeprefix(f"{BUILTIN_PACKAGE}.")
     parser = build_parser(study, f"python -m tune_jobs {shown}")
-    args = parser.parse_args(expand_config(parser, list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(expand_config(parser, argv))
     grid = {d: tuple(v) for d, v in study.grid.items()}
     for text in args.grid:
         key, value = _split_assignment("--grid", text)
@@ -299,7 +301,7 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         points_per_trial=args.points_per_trial,
         resume=args.resume, force=args.force, storage_path=args.storage_path, analyze_out=args.analyze,
         tracking_timeout=args.tracking_timeout, point_timeout=args.point_timeout or None,
-        wait_for_resources=args.wait_for_resources, log_models=args.log_models,
+        wait_for_resources=args.wait_for_resources, log_models=args.log_models, argv=tuple(argv),
         checkpoint_every=checkpoint_every, keep_checkpoints=study.checkpoints and args.keep_checkpoints,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},

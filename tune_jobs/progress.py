@@ -47,12 +47,21 @@ class PointProgress(tune.Callback):
                             for t in trials if t.status == "TERMINATED")
         if status != "epoch":
             self.done += 1
-        shown = ", ".join(f"{k}={result[k]:.4g}" for k in ("epoch", *self.metrics)
-                          if isinstance(result.get(k), (int, float)))
+        shown = ", ".join(f"{k}={result[k]:.4g}" for k in self.metrics if isinstance(result.get(k), (int, float)))
+        if status == "epoch":
+            total = result.get("epochs_total")
+            shown = f"epoch {result['epoch'] + 1}" + (f"/{total}" if total else "") + (f", {shown}" if shown else "")
         if status == "failed":
             shown = result.get("error", "")
-        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] {status:8s} {result.get('point')}"
-              + (f"  {shown}" if shown else ""), flush=True)
+        print(f"{self._prefix()} {status:8s} {result.get('point')}" + (f"  {shown}" if shown else ""), flush=True)
+
+    def _prefix(self) -> str:
+        """``[done/total elapsed, ETA]``: the ETA from the points finished so far (none before the first)."""
+        elapsed = time.monotonic() - self.start
+        eta = ""
+        if self.done and self.total and self.done < self.total:
+            eta = f", ETA {elapsed / self.done * (self.total - self.done):.0f}s"
+        return f"[{self.done}/{self.total} {elapsed:6.1f}s{eta}]"
 
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -67,8 +76,8 @@ class PointProgress(tune.Callback):
         writer = SweepWriter(context["tracking_uri"], context["experiment_id"], context["sweep_id"], "")
         writer.stop_early(last["run_id"], int(last["epochs_done"]))
         self.done += 1
-        print(f"[{self.done}/{self.total} {time.monotonic() - self.start:6.1f}s] stopped  {last.get('point')}  "
-              f"after {last['epochs_done']} epoch(s) by the scheduler", flush=True)
+        print(f"{self._prefix()} stopped  {last.get('point')}  after {last['epochs_done']} epoch(s) by the scheduler",
+              flush=True)
 
 
 def _context(trial) -> dict:

@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from record import schema
+from record.runs import ui_link
 from record.store import (StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder,
                           store_gone, store_lock)
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
+from tune_jobs.provenance import provenance_tags
 from tune_jobs.study import load_study, study_ref
 
 if TYPE_CHECKING:
@@ -160,9 +162,11 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]
             raise
         reopen_sweep(client, sweep.info.run_id)
         return sweep.info.run_id, lease
+    provenance = provenance_tags(launch.study_ref, launch.argv)
     sweep_id = create_sweep(
         client, experiment_id, study=study.name, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        command=" ".join(sys.argv), fixed={**{k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
+        command=provenance[schema.TAG_COMMAND], provenance=provenance,
+        note=f"**{study.name}**: {study.description}", fixed={**{k: v for k, v in launch.fixed.items() if k not in study.unlogged_fields},
                                            **{f"{prefix}.{name}": value for prefix, field in study.open_params.items()
                                               for name, value in launch.fixed.get(field, ())},
                                            **_search_params(launch)},
@@ -330,7 +334,9 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                    "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
                    "gpus_per_trial": launch.gpus_per_trial, "point_timeout": launch.point_timeout,
                    "log_models": launch.log_models, "checkpoint_every": launch.checkpoint_every,
-                   "keep_checkpoints": launch.keep_checkpoints}
+                   "keep_checkpoints": launch.keep_checkpoints,
+                   "provenance": {k: v for k, v in provenance_tags(launch.study_ref, launch.argv).items()
+                                  if k != schema.TAG_COMMAND}}
         if launch.searching:
             print(f"{study.name}: {launch.n_points} points ({_describe_search(launch)}; {len(finished)} already "
                   f"finished), one per Ray trial, tracking {uri}, experiment {launch.experiment!r}, sweep "
@@ -399,7 +405,8 @@ def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
         n_all, n_done = len(all_points), len(done_points & all_points)
     sweep.close(n_all, n_done, interrupted)
     print(f"{study.name}: {n_done}/{n_all} {'' if launch.searching else 'grid '}points finished in sweep "
-          f"{sweep.sweep_id} (experiment id {sweep.experiment_id})", flush=True)
+          f"{sweep.sweep_id} (experiment id {sweep.experiment_id}); MLflow UI: "
+          f"{ui_link(launch.tracking_uri, sweep.experiment_id)}", flush=True)
     if n_done == n_all:
         return 0
     missing = n_all - n_done

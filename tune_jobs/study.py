@@ -67,6 +67,8 @@ class Study:
                       ship.  A ``ValueError`` is a usage error (exit status 2).
     analyze_by_default: run the analysis after the sweep even without ``--analyze``.
     point_timeout:    seconds after which a point fails (``--point-timeout``); None for none.
+    short_names:      dimension -> short name for run names (``poison_fraction`` -> ``pf``:
+                      the run ``pf=0.05 w=64 s=42``); others keep their name.
     search_metrics:   metrics a searcher or scheduler may select on (``--metric``):
                       measured on a validation split, never on the test set.
     search_defaults:  protocol values a search or scheduler launch uses unless
@@ -95,6 +97,7 @@ class Study:
     prepare: Callable[[list[Any], dict[str, Any]], list[Any]] | None = None
     analyze_by_default: bool = False
     point_timeout: float | None = None
+    short_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
     search_metrics: tuple[str, ...] = ()
     search_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     open_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -166,6 +169,18 @@ class Study:
         search names its own (``dims``: the swept grid dimensions, then the searched keys)."""
         dims = list(self.grid) if dims is None else list(dims)
         return schema.point_key(dims, {d: self.value(config, d) for d in dims})
+
+    def run_name(self, point: str) -> str:
+        """A point's run name: its ``dim=value`` pairs with short names, floats to 4 significant digits."""
+        def short(pair: str) -> str:
+            key, _, value = pair.partition("=")
+            try:
+                shown = f"{float(value):.4g}" if "." in value or "e" in value.lower() else value
+            except ValueError:
+                shown = value
+            return f"{self.short_names.get(key, key)}={shown}"
+
+        return " ".join(short(pair) for pair in point.split(" ") if pair)
 
     def value(self, config: Any, key: str) -> Any:
         """A config field's value, or an open param's (``loss.q``; None when not set)."""

@@ -46,8 +46,9 @@ class RunEpochHooks:
     STATE_FILE = "point_state.pt"
     SHARE = 0.05
 
-    def __init__(self, writer: SweepWriter, point: str, every: int | None, earlier=()) -> None:
-        self.writer, self.point, self.every = writer, point, every
+    def __init__(self, writer: SweepWriter, point: str, every: int | None, earlier=(),
+                 epochs_total: int | None = None) -> None:
+        self.writer, self.point, self.every, self.epochs_total = writer, point, every, epochs_total
         self.run_id: str | None = None
         self.resumed_run_id: str | None = None
         self.resumed_epoch: int | None = None
@@ -93,7 +94,8 @@ class RunEpochHooks:
         self.last_logged = dict(metrics)
         # Ray Tune's schedulers (ASHA) compare points on --metric after each "epochs_done"; a point they stop
         # leaves this call by SystemExit, and the driver records it as stopped early (tune_jobs.progress).
-        tune.report({"point": self.point, "status": "epoch", "epoch": epoch, "epochs_done": epoch + 1,
+        total = {"epochs_total": self.epochs_total} if self.epochs_total else {}
+        tune.report({"point": self.point, "status": "epoch", "epoch": epoch, "epochs_done": epoch + 1, **total,
                      "run_id": self.run_id, **metrics})
         if self._due(epoch):
             self._save(epoch, state())
@@ -199,7 +201,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
     from ray import tune
 
     uri = context["tracking_uri"]
-    writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name)
+    writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name, context.get("provenance", {}))
     device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
     threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
@@ -212,11 +214,13 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
                 tune.report({"point": point, "status": "skipped", "points_done": index + 1})
                 continue
-            hooks = (RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()))
-                     if study.checkpoints else None)
-            run_id = writer.start(point, study.params(config), ray_trial, earlier=earlier.get(point, ()),
+            params = study.params(config)
+            hooks = (RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
+                                   params.get("epochs")) if study.checkpoints else None)
+            run_id = writer.start(point, params, ray_trial, earlier=earlier.get(point, ()),
                                   resume_run_id=hooks.resumed_run_id if hooks else None,
-                                  resumed_epoch=hooks.resumed_epoch if hooks else None)
+                                  resumed_epoch=hooks.resumed_epoch if hooks else None,
+                                  run_name=study.run_name(point))
             try:
                 if hooks is not None:
                     hooks.run_id = run_id

@@ -18,6 +18,7 @@ STUDY = Study(
         "seed": (42, 123, 7),
     },
     run_point=run_point,
+    short_names={"dataset": "data", "hidden_width": "w", "seed": "s"},
     analysis=ANALYSIS,
     metrics=("clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"),
     points_per_trial=1,

@@ -17,6 +17,7 @@ STUDY = Study(
         "seed": (42, 123, 7),
     },
     run_point=run_point,
+    short_names={"poison_fraction": "pf", "hidden_width": "w", "seed": "s"},
     analysis=ANALYSIS,
     metrics=("train_acc", "train_clean_acc", "test_acc", "gen_gap", "final_train_loss"),
     points_per_trial=21,

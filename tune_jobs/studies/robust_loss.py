@@ -64,6 +64,7 @@ STUDY = Study(
         "seed": (42,),
     },
     run_point=run_point,
+    short_names={"benchmark": "bench", "seed": "s"},
     analysis=ANALYSIS,
     metrics=("test_acc", "poison_fit", "robust_score", "final_train_loss"),
     checkpoints=True,

@@ -1,0 +1,37 @@
+"""The analysis's findings are MLflow metrics of the analysis run and of the sweep's parent, with stable names."""
+
+import json
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from record import schema
+from record.runs import search_all_runs
+from tune_jobs.runner import main
+
+
+def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(store):
+    out = store["dir"] / "out"
+    grid = ["--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
+            "--set", "epochs=40"]
+    main("poison_sensitivity", [*grid, "--tracking-uri", store["uri"], "--storage-path", store["ray"],
+                                "--analyze", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    client = MlflowClient(store["uri"])
+    experiment_id = client.get_experiment_by_name("poison_sensitivity").experiment_id
+    (analysis,) = search_all_runs(client, [experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_ANALYSIS}'")
+    parent = client.get_run(analysis.data.tags[schema.TAG_SWEEP])
+    expected = {}
+    for width, fit in summary["widths"].items():
+        for name in ("threshold", "k", "r2", "gen_gap_at_max"):
+            if fit[name] is not None:
+                expected[f"{name}_w{width}"] = fit[name]
+    assert expected and analysis.data.metrics == expected and parent.data.metrics == expected
+
+    mlflow.set_tracking_uri(store["uri"])
+    try:
+        sweeps = mlflow.search_runs(experiment_names=["poison_sensitivity"],
+                                    filter_string=f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sweeps["metrics.gen_gap_at_max_w32"].tolist() == [expected["gen_gap_at_max_w32"]]
