@@ -12,6 +12,7 @@ import importlib
 import json
 import math
 import pkgutil
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,8 +177,12 @@ def search_view(sweep: SweepRecord):
     return figure
 
 
-def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) -> int:
-    """Read, analyse, write, log and (``--validate``) check one sweep; the command's exit status."""
+def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None,
+                 provenance: dict[str, str] | None = None) -> int:
+    """Read, analyse, write, log and (``--validate``) check one sweep; the command's exit status.
+
+    ``provenance``: the analysis run's context tags (a launch's ``--analyze`` gives its own), else this command's.
+    """
     args = analysis_parser(study).parse_args(argv)
     try:
         sweep = read_finished_sweep(study, args.experiment, args.tracking_uri, args.sweep_id)
@@ -202,9 +207,14 @@ def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None) 
         print(f"\nwarning: only {sweep.n_finished}/{sweep.expected_points} grid points finished; "
               f"missing: {', '.join(sweep.unfinished_points[:10]) or 'never started'}")
     if not args.no_log:
+        from record.provenance import context_tags
         from record.write import log_analysis_run
 
-        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths, output.metrics)
+        if provenance is None:  # run on its own: `python -m analysis.STUDY FLAGS`
+            shown = ["python", "-m", f"analysis.{study}", *(sys.argv[1:] if argv is None else argv)]
+            provenance = context_tags(shlex.join(shown[:3]), shlex.join(shown), Path(__file__).resolve().parent)
+        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths, output.metrics,
+                                  provenance)
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "
               f"{ui_link(sweep.tracking_uri, sweep.experiment_id)}")
     print(f"outputs in {args.out}/: " + ", ".join(p.name for p in paths))

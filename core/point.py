@@ -9,7 +9,10 @@ the point's run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -19,22 +22,25 @@ class PointResult:
     """What one grid point produced.
 
     metrics:   final scalars, e.g. ``{"test_acc": 0.9}``.
-    histories: named series; element ``i`` is logged at ``step=i``
+    histories: named series; element ``i`` of a list is logged at ``step=i``
                (the epoch for training curves, the epsilon index for
-               attack sweeps; the study documents which).
+               attack sweeps; the study documents which), a ``{step: value}``
+               mapping at its own steps.
     params:    values derived while running (``param_count``) that belong
                beside the configured params.
     artifacts: file name -> content (``str``/``bytes`` written as is,
                anything else JSON-encoded).
     model:     the trained model, for the point's run to keep (see
                :class:`TrainedModel`), or None.
+    datasets:  the data the point used (see :class:`DataRecord`).
     """
 
     metrics: dict[str, float]
-    histories: dict[str, list[float]] = field(default_factory=dict)
+    histories: dict[str, list[float] | dict[int, float]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     model: TrainedModel | None = field(default=None, compare=False)  # results compare by their numbers
+    datasets: tuple[DataRecord, ...] = field(default=(), compare=False)
 
     def check_finite(self) -> None:
         """Raise ``FloatingPointError`` naming the first non-finite metric."""
@@ -48,6 +54,42 @@ class PointResult:
         if missing:
             raise KeyError(f"the point's result lacks declared metric(s) {', '.join(map(repr, missing))}; "
                            f"it has {', '.join(map(repr, self.metrics)) or 'none'}")
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """A data set a point used, identified by a digest (the point's run keeps it as an MLflow dataset input).
+
+    name:        the data set (``gaussian_clusters``, ``cifar10``, ...).
+    digest:      16 hex digits of SHA-256 over what identifies the data: a generator's
+                 parameters, or the checksums of the files read (see :func:`generated`, :func:`from_files`).
+    source_type: ``"code"`` (generated or bundled) or ``"local"`` (files read from a folder).
+    source:      where it came from: the generator's name or the folder.
+    profile:     the identifying values themselves (parameters, or file name -> ``sha256:...``).
+    context:     the data's role in the point (``"training"``).
+    """
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    profile: Mapping[str, Any]
+    context: str = "training"
+
+
+def _digest(identity: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generated(name: str, generator: str, **params: Any) -> DataRecord:
+    """A data set made by ``generator`` (a dotted function name) from ``params``: the digest covers both."""
+    return DataRecord(name, _digest({"generator": generator, **params}), "code", generator, dict(params))
+
+
+def from_files(name: str, source: str, files: Mapping[str, str], source_type: str = "local") -> DataRecord:
+    """A data set read from ``files`` (file name -> ``"sha256:HEX"``) under ``source``: the digest covers the
+    checksums, so the same bytes anywhere give the same digest."""
+    return DataRecord(name, _digest(dict(files)), source_type, source, {"files": dict(files)})
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageData:
-    """A data set in memory: uint8 ``N x C x H x W`` images, int64 labels."""
+    """A data set in memory: uint8 ``N x C x H x W`` images, int64 labels; ``source`` (the folder read, or the
+    bundled copy) and ``files`` (file name -> ``"sha256:HEX"`` of the bytes read, decompressed) say which data."""
 
     name: str
     train_images: np.ndarray
@@ -45,6 +46,8 @@ class ImageData:
     test_images: np.ndarray
     test_labels: np.ndarray
     num_classes: int
+    source: str = ""
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,12 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None) -> ImageDat
     if folder is None:
         raise _missing_error(name, expected, searched, "data files not found")
     num_classes = DATASETS[name].num_classes
+    checksums: dict[str, str] = {}
     parts = {}
     for file in expected:
         try:
             parts[file] = _read_cifar_batch(folder / file, label_key, num_classes)
+            checksums[file] = "sha256:" + file_checksum(folder / file, "sha256")
         except Exception as error:  # truncated, corrupt, malicious or malformed: all refused the same way
             problem = f"cannot read {file} ({type(error).__name__}: {error})"
             raise _missing_error(name, expected, [folder], problem) from error
@@ -172,6 +177,8 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None = None) -> ImageDat
         test_images=np.concatenate([images for images, _ in test]),
         test_labels=np.concatenate([labels for _, labels in test]),
         num_classes=num_classes,
+        source=str(folder),
+        files=checksums,
     )
 
 
@@ -186,8 +193,9 @@ _FMNIST_FILES = [
 _FMNIST_FOLDERS = ["FashionMNIST/raw", "FashionMNIST", "fashion-mnist", "fashion_mnist", "."]
 
 
-def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
-    """Read an idx file of unsigned bytes (magic ``0x0000 08 dims``), gzipped if it ends in ``.gz``."""
+def _read_idx(path: Path, expected_dims: int) -> tuple[np.ndarray, str]:
+    """Read an idx file of unsigned bytes (magic ``0x0000 08 dims``), gzipped if it ends in ``.gz``; the array
+    and the SHA-256 of the (decompressed) bytes."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as stream:
         raw = stream.read()
@@ -200,7 +208,8 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
     body = raw[4 + 4 * dims :]
     if len(body) != int(np.prod(shape)):
         raise ValueError(f"payload is {len(body)} bytes, header says {int(np.prod(shape))} (truncated?)")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()  # writable, independent of `raw`
+    array = np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()  # writable, independent of `raw`
+    return array, hashlib.sha256(raw).hexdigest()
 
 
 def _find_idx(folder: Path, base_name: str) -> Path | None:
@@ -235,10 +244,11 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageData:
             break
     else:
         raise _missing_error("fashion_mnist", expected, searched, "data files not found")
-    arrays = []
-    for path, dims in zip(paths, (3, 1, 3, 1)):
+    arrays, checksums = [], {}
+    for name, path, dims in zip(_FMNIST_FILES, paths, (3, 1, 3, 1)):
         try:
-            arrays.append(_read_idx(path, dims))
+            array, checksums[name] = _read_idx(path, dims)
+            arrays.append(array)
         except Exception as error:
             problem = f"cannot read {path.name} ({type(error).__name__}: {error})"
             raise _missing_error("fashion_mnist", expected, [folder], problem) from error
@@ -253,6 +263,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageData:
         test_images=resize_gray_to_rgb32(test_images),
         test_labels=test_labels.astype(np.int64),
         num_classes=10,
+        source=str(folder),
+        files={name: f"sha256:{checksum}" for name, checksum in checksums.items()},
     )
 
 
@@ -260,6 +272,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> ImageData:
 
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
+DIGITS_FILE = "digits.csv.gz"  # scikit-learn's bundled copy
 
 
 def load_digits_data() -> ImageData:
@@ -267,6 +280,8 @@ def load_digits_data() -> ImageData:
 
     Fixed stratified split (independent of any trial seed): 1,437 train, 360 test.
     """
+    from importlib import resources
+
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -276,7 +291,10 @@ def load_digits_data() -> ImageData:
     train_images, test_images, train_labels, test_labels = train_test_split(
         images, labels, test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
     )
-    return ImageData("digits", train_images, train_labels, test_images, test_labels, num_classes=10)
+    bundled = resources.files("sklearn.datasets.data") / DIGITS_FILE
+    checksum = "sha256:" + hashlib.sha256(bundled.read_bytes()).hexdigest()
+    return ImageData("digits", train_images, train_labels, test_images, test_labels, num_classes=10,
+                     source="sklearn.datasets.load_digits", files={DIGITS_FILE: checksum})
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> ImageData:

@@ -59,6 +59,7 @@ TAG_ROBUSTLAB_COMMIT = "robustlab.code_commit"
 TAG_VERSIONS = "robustlab.versions"
 TAG_HOST = "robustlab.host"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TAG_DATASET_CONTEXT = "mlflow.data.context"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 KIND_SWEEP = "sweep"

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from record import schema
@@ -31,9 +32,10 @@ class Result(Protocol):
     """What a point produced (``core.point.PointResult`` has this shape)."""
 
     metrics: dict[str, float]
-    histories: dict[str, list[float]]
+    histories: dict[str, list[float] | dict[int, float]]
     params: dict[str, Any]
     artifacts: dict[str, Any]
+    datasets: tuple  # of ``core.point.DataRecord``: name, digest, source_type, source, profile, context
 
 
 def log_flat(client: MlflowClient, run_id: str, params: Mapping[str, Any] = (), metrics: Iterable[Metric] = (),
@@ -59,12 +61,25 @@ def result_metrics(result: Result, logged: Mapping[str, float] | None = None) ->
     epoch: then histories are not logged again, nor finals equal to them.
     """
     now = int(time.time() * 1000)
-    last = dict(logged) if logged is not None else {k: v[-1] for k, v in result.histories.items() if v}
+    series = {k: sorted(v.items()) if isinstance(v, Mapping) else list(enumerate(v))
+              for k, v in result.histories.items()}
+    last = dict(logged) if logged is not None else {k: v[-1][1] for k, v in series.items() if v}
     metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if math.isfinite(v) and last.get(k) != v]
     if logged is None:
-        for name, series in result.histories.items():
-            metrics += [Metric(name, float(v), now, step) for step, v in enumerate(series) if math.isfinite(v)]
+        for name, points in series.items():
+            metrics += [Metric(name, float(v), now, int(step)) for step, v in points if math.isfinite(v)]
     return metrics
+
+
+def dataset_inputs(records: Iterable[Any]) -> list[DatasetInput]:
+    """MLflow dataset inputs for ``core.point.DataRecord``-shaped records (the run's "Datasets" in the UI)."""
+    inputs = []
+    for record in records:
+        source = json.dumps({"uri": record.source} if record.source_type == "local" else {"name": record.source})
+        dataset = Dataset(record.name, record.digest, record.source_type, source,
+                          profile=json.dumps(dict(record.profile), sort_keys=True))
+        inputs.append(DatasetInput(dataset, [InputTag(schema.TAG_DATASET_CONTEXT, record.context)]))
+    return inputs
 
 
 def log_artifacts(client: MlflowClient, run_id: str, artifacts: Mapping[str, Any]) -> None:
@@ -224,8 +239,26 @@ class SweepWriter:
     def finish(self, run_id: str, result: Result, logged: Mapping[str, float] | None = None) -> None:
         """Log the result in batches and mark the run FINISHED (``logged``: see :func:`result_metrics`)."""
         log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result, logged))
+        if result.datasets:
+            self.log_inputs(run_id, result.datasets)
         log_artifacts(self.client, run_id, result.artifacts)
         self.client.set_terminated(run_id, "FINISHED")
+
+    def log_inputs(self, run_id: str, records: Iterable[Any]) -> None:
+        """The point's data as dataset inputs (:func:`dataset_inputs`).
+
+        MLflow's store looks a data set up, then inserts it: points of one experiment logging the same new data
+        set at once race, and the loser's transaction fails whole; its retry finds the data set in place.
+        """
+        inputs = dataset_inputs(records)
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def save_checkpoint(self, run_id: str, local_file: str, slot: str, epoch: int) -> None:
         """Upload a point's checkpoint as ``checkpoint/<slot>/<file>`` of its run, then name it in the
@@ -319,11 +352,12 @@ def checkpoint_note(run) -> dict[str, Any] | None:
 
 
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
-                     paths: Iterable[Path], metrics: Mapping[str, float] = ()) -> str:
-    """An analysis run nested under the sweep's parent, holding the output files as artifacts and the findings
-    as metrics; the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each;
+                     paths: Iterable[Path], metrics: Mapping[str, float] = (),
+                     provenance: Mapping[str, str] = ()) -> str:
+    """An analysis run nested under the sweep's parent (``provenance``: its context tags), holding the output
+    files as artifacts and the findings as metrics; the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each;
     non-finite values (a fit that failed) are left out."""
-    tags = {schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
+    tags = {**dict(provenance), schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
             schema.TAG_KIND: schema.KIND_ANALYSIS}
     run = client.create_run(experiment_id, tags=tags, run_name=f"analysis-{study}")
     now = int(time.time() * 1000)

@@ -199,7 +199,8 @@ SMALL = AdversarialScalingConfig("circles", 8, 3, n_samples=300, max_epochs=5, e
 def test_reduced_trial_is_well_formed():
     result = run_point(SMALL, PLAIN)
     m = result.metrics
-    assert set(m) == {"clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"}
+    per_epsilon = {f"{attack}_acc/eps_{eps:g}" for attack in ("fgsm", "pgd") for eps in (0.0, 0.1, 0.5)}
+    assert set(m) == {"clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap", *per_epsilon}
     assert 0.0 <= m["clean_acc"] <= 1.0
     assert 1 <= m["epochs_trained"] <= 5 and len(result.histories["train_loss"]) == m["epochs_trained"]
     assert m["final_train_loss"] == result.histories["train_loss"][-1]
@@ -211,6 +212,14 @@ def test_reduced_trial_is_well_formed():
     assert h["pgd_gap"] == [m["clean_acc"] - a for a in h["pgd_acc"]]
     assert m["mean_fgsm_gap"] == pytest.approx(np.mean(h["fgsm_gap"]))
     assert m["mean_pgd_gap"] == pytest.approx(np.mean(h["pgd_gap"]))
+    assert [m["pgd_acc/eps_0"], m["pgd_acc/eps_0.1"], m["pgd_acc/eps_0.5"]] == h["pgd_acc"]
+    assert h["fgsm_acc_by_eps_x1000"] == {0: h["fgsm_acc"][0], 100: h["fgsm_acc"][1], 500: h["fgsm_acc"][2]}
+    assert h["pgd_acc_by_eps_x1000"] == {0: h["pgd_acc"][0], 100: h["pgd_acc"][1], 500: h["pgd_acc"][2]}
+    [data] = result.datasets
+    assert (data.name, data.source_type, data.context) == ("circles", "code", "training")
+    assert data.profile == {"n_samples": 300, "noise": 0.15, "seed": 3}
+    assert data == run_point(dataclasses.replace(SMALL, hidden_width=16), PLAIN).datasets[0]  # the same data
+    assert data.digest != run_point(dataclasses.replace(SMALL, seed=4), PLAIN).datasets[0].digest
     assert result.params == {"param_count": 8 * 8 + 6 * 8 + 2}
     lines = result.artifacts["robustness.csv"].splitlines()
     assert lines[0] == "epsilon,fgsm_acc,pgd_acc,fgsm_gap,pgd_gap"

@@ -26,6 +26,14 @@ def test_reduced_sweep_logs_per_epsilon_histories_and_analyses(store):
     for key in ("fgsm_acc", "pgd_acc", "fgsm_gap", "pgd_gap"):
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == [0, 1]
     assert {"clean_acc", "epochs_trained", "final_train_loss", "mean_fgsm_gap", "mean_pgd_gap"} <= set(child.data.metrics)
+    ordered = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "pgd_acc"), key=lambda m: m.step)]
+    by_eps = client.get_metric_history(child.info.run_id, "pgd_acc_by_eps_x1000")  # step = 1000 x epsilon
+    assert sorted((m.step, m.value) for m in by_eps) == list(zip((50, 200), ordered))
+    assert child.data.metrics["pgd_acc/eps_0.2"] == ordered[1]
+    [data] = child.inputs.dataset_inputs
+    assert data.dataset.name == child.data.params["dataset"] and data.dataset.source_type == "code"
+    assert json.loads(data.dataset.profile) == {"n_samples": 2000, "noise": 0.15, "seed": int(child.data.params["seed"])}
+    assert [(t.key, t.value) for t in data.tags] == [("mlflow.data.context", "training")]
     csv = client.download_artifacts(child.info.run_id, "robustness.csv", str(store["dir"]))
     assert open(csv).readline().strip() == "epsilon,fgsm_acc,pgd_acc,fgsm_gap,pgd_gap"
 

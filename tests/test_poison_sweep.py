@@ -37,6 +37,11 @@ def test_reduced_sweep_tracked_and_analysed(store):
     for name in ("poison_fraction", "hidden_width", "seed", "epochs", "lr", "batch_size", "n_samples", "torch_threads"):
         assert name in child.data.params
     assert set(STUDY.metrics) <= set(child.data.metrics)
+    assert not any(k.startswith("system/") for k in child.data.metrics), "no system metrics for short points"
+    [data] = child.inputs.dataset_inputs
+    assert data.dataset.name == "gaussian_clusters" and data.tags[0].value == "training"
+    assert json.loads(data.dataset.profile)["seed"] == int(child.data.params["data_seed"])
+    assert len({c.inputs.dataset_inputs[0].dataset.digest for c in children}) == 1, "one data set (data_seed)"
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(30))
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PYTHON, ROOT, python_env
 from record import schema
 from record.runs import search_all_runs, sweep_runs
-from tune_jobs.provenance import git_state
+from record.provenance import git_state
 
 GRID = ["--grid", "poison_fraction=0,0.2", "--grid", "hidden_width=8", "--grid", "seed=1", "--set", "epochs=20"]
 
@@ -56,6 +56,15 @@ def test_runs_carry_provenance_and_the_recorded_command_runs_again(store):
     assert parent.data.tags[schema.TAG_NOTE].startswith("**poison_sensitivity**")
     command = parent.data.tags[schema.TAG_COMMAND]
     assert command.startswith("python -m tune_jobs poison_sensitivity --grid poison_fraction=0,0.2")
+
+    analysis = subprocess.run([PYTHON, "-m", "analysis.poison_sensitivity", "--tracking-uri", uri, "--out", "out"],
+                              cwd=store["dir"], env=python_env(), capture_output=True, text=True, timeout=300)
+    assert analysis.returncode == 0, analysis.stderr[-3000:]
+    (run,) = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = 'analysis'")
+    tags = run.data.tags
+    assert tags[schema.TAG_SOURCE_NAME] == "python -m analysis.poison_sensitivity"
+    assert tags[schema.TAG_COMMAND] == f"python -m analysis.poison_sensitivity --tracking-uri {uri} --out out"
+    assert tags[schema.TAG_GIT_COMMIT] == commit and tags[schema.TAG_USER] and tags[schema.TAG_HOST]
 
     again = shlex.split(command)
     again = subprocess.run([PYTHON, *again[1:]], cwd=store["dir"], env=python_env(), capture_output=True,

@@ -1,5 +1,6 @@
 """robust_loss through real Ray and SQLite MLflow: smoke runs of every benchmark, user losses, retries from checkpoints."""
 
+import hashlib
 import json
 import subprocess
 import textwrap
@@ -67,6 +68,17 @@ def test_smoke_sweep_of_every_benchmark_with_a_user_loss(store, data_dir):
     assert len(client.get_metric_history(run.info.run_id, "robust_score")) == 2, "no duplicate final point"
     indices = json.load(open(client.download_artifacts(run.info.run_id, "poisoned_indices.json", str(store["dir"]))))
     assert indices["indices"]
+    for child in children:  # the data as a dataset input: the files' checksums, the same digest for the same files
+        [data] = child.inputs.dataset_inputs
+        files = json.loads(data.dataset.profile)["files"]
+        if child.data.params["benchmark"] == "resnet20-cifar10-labelflip":
+            assert data.dataset.name == "cifar10" and data.dataset.source_type == "local"
+            folder = data_dir / "cifar-10-batches-py"
+            assert files == {p.name: "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+        elif child.data.params["benchmark"] == "cnn-digits-labelflip":
+            assert data.dataset.name == "digits" and data.dataset.source_type == "code"
+    digests = {(c.data.params["benchmark"], c.inputs.dataset_inputs[0].dataset.digest) for c in children}
+    assert len(digests) == 4, "one digest per benchmark's data, the same for both losses"
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["benchmarks"]) == set(BENCHMARKS.split(","))
     assert (out / "leaderboard.md").read_text().startswith("| loss |")
@@ -85,7 +97,8 @@ def test_a_trial_retried_from_its_checkpoint_continues_its_run_with_the_same_num
     common = ["--set", "epochs=4", "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
     assert main("robust_loss", ["--grid", f"loss={flaky}", "--max-failures", "1", "--experiment", "retry", *common]) == 0
     assert marker.exists(), "the first attempt really failed"
-    assert main("robust_loss", ["--grid", f"loss={steady}", "--experiment", "steady", *common]) == 0
+    assert main("robust_loss", ["--grid", f"loss={steady}", "--experiment", "steady", "--system-metrics", "1",
+                                *common]) == 0
     client, retried = _children(store["uri"], "retry")
     _, plain = _children(store["uri"], "steady")
     assert len(retried) == 1 and retried[0].info.status == "FINISHED", "one run, continued after the retry"
@@ -95,6 +108,10 @@ def test_a_trial_retried_from_its_checkpoint_continues_its_run_with_the_same_num
         assert sorted(steps) == [0, 1, 2, 3], (key, steps)
     for key in ("test_acc", "poison_fit", "robust_score", "final_train_loss"):
         assert retried[0].data.metrics[key] == plain[0].data.metrics[key], key
+    # MLflow's system metrics, sampled every second of the steady point's run (none unless asked, as for retry)
+    cpu = client.get_metric_history(plain[0].info.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= m.value <= 100 for m in cpu)
+    assert "system/system_memory_usage_megabytes" in plain[0].data.metrics and plain[0].info.status == "FINISHED"
 
 
 def test_a_loss_that_turns_nan_fails_its_trial_and_the_others_go_on(store, tmp_path):

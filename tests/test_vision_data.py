@@ -7,6 +7,7 @@ import http.server
 import io
 import os
 import pickle
+import re
 import tarfile
 import threading
 
@@ -43,6 +44,9 @@ def test_cifar10_pickles(tmp_path, python2):
     data = load_cifar("cifar10", tmp_path)
     _assert_same(data, written)
     assert data.train_images.shape == (80, 3, 32, 32) and data.num_classes == 10
+    folder = tmp_path / "cifar-10-batches-py"
+    assert data.source == str(folder) and sorted(data.files) == sorted(p.name for p in folder.iterdir())
+    assert data.files["test_batch"] == "sha256:" + hashlib.sha256((folder / "test_batch").read_bytes()).hexdigest()
 
 
 def test_cifar10_python2_file_rebuilds_through_numpy_core(tmp_path):
@@ -70,6 +74,10 @@ def test_fashion_mnist_idx(tmp_path, gz, subfolder):
     assert np.array_equal(data.train_images[:, 0], data.train_images[:, 2])  # gray repeated
     expected = F.interpolate(torch.from_numpy(written["test_images"][:, None]).float(), size=32, mode="bilinear")
     assert np.array_equal(data.test_images[:, 1], expected.round()[:, 0].to(torch.uint8).numpy())
+    # checksums of the decompressed bytes: the same data give the same digest, gzipped or not
+    raw = idx_bytes(written["train_labels"].astype(np.uint8))
+    assert data.files["train-labels-idx1-ubyte"] == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert len(data.files) == 4
 
 
 def test_fashion_mnist_constant_image_stays_constant(tmp_path):
@@ -98,6 +106,8 @@ def test_digits():
     assert data.train_images.shape == (1437, 1, 8, 8) and data.test_images.shape == (360, 1, 8, 8)
     assert data.train_images.dtype == np.uint8 and data.train_images.max() == 255
     assert np.bincount(data.test_labels).min() >= 35  # stratified
+    assert data.source == "sklearn.datasets.load_digits" and list(data.files) == ["digits.csv.gz"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", data.files["digits.csv.gz"])
 
 
 class _RunsCommand:

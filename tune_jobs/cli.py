@@ -62,6 +62,7 @@ class Launch:
     point_timeout: float | None
     wait_for_resources: bool
     log_models: bool = False
+    system_metrics: float = 0.0
     checkpoint_every: int | None = None
     keep_checkpoints: bool = False
     search: str = "grid"
@@ -172,6 +173,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
                    help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
                         "(default: " + ("on" if study.log_models else "off") + " for this study)")
+    default_interval = f"every {study.system_metrics:g} s" if study.system_metrics else "0, off"
+    m.add_argument("--system-metrics", type=float, default=study.system_metrics, metavar="SECONDS",
+                   help="sample CPU, memory, disk, network (and GPU) every SECONDS into each point's run as MLflow's "
+                        f"system/* metrics; 0: off (default for this study: {default_interval})")
     if study.checkpoints:
         m.add_argument("--checkpoint-every", default="auto", metavar="N|auto",
                        help="checkpoint a point every N epochs into its MLflow run; auto (default): whenever the "
@@ -250,6 +255,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         raise UsageError(f"--tracking-timeout must be >= 10 seconds, got {args.tracking_timeout:g}")
     if args.point_timeout is not None and (args.point_timeout < 0 or not math.isfinite(args.point_timeout)):
         raise UsageError(f"--point-timeout must be >= 0 seconds (0: none), got {args.point_timeout:g}")
+    if not (args.system_metrics == 0 or 1 <= args.system_metrics < math.inf):
+        raise UsageError(f"--system-metrics must be 0 (off) or an interval >= 1 second, got {args.system_metrics:g}")
     checkpoint_every = None
     if study.checkpoints and args.checkpoint_every != "auto":
         try:
@@ -302,6 +309,7 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         resume=args.resume, force=args.force, storage_path=args.storage_path, analyze_out=args.analyze,
         tracking_timeout=args.tracking_timeout, point_timeout=args.point_timeout or None,
         wait_for_resources=args.wait_for_resources, log_models=args.log_models, argv=tuple(argv),
+        system_metrics=args.system_metrics,
         checkpoint_every=checkpoint_every, keep_checkpoints=study.checkpoints and args.keep_checkpoints,
         switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
                   for o in study.options if o.field is None},

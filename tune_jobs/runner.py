@@ -70,7 +70,12 @@ def _start_ray(launch: Launch) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Ray pre-starts one idle task worker per CPU, which Tune's trial actors never use: ~0.7 s of CPU each.
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Token authentication, as a local Ray has by default, said explicitly: Ray then skips its start-up warning.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Tune's console output (a configuration box, a pointer to its own result files) tells nothing MLflow and
+    # the launcher's progress lines do not; trial errors are still logged.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # MLflow is the record: no per-result JSON/CSV/TensorBoard files from the driver (set it to 0 to get them back).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Ctrl-C is a KeyboardInterrupt here (Tune's own handler ends the run as if it had completed): the launch
@@ -334,7 +339,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                    "sweep_id": sweep.sweep_id, "cpus_per_trial": launch.cpus_per_trial,
                    "gpus_per_trial": launch.gpus_per_trial, "point_timeout": launch.point_timeout,
                    "log_models": launch.log_models, "checkpoint_every": launch.checkpoint_every,
-                   "keep_checkpoints": launch.keep_checkpoints,
+                   "keep_checkpoints": launch.keep_checkpoints, "system_metrics": launch.system_metrics,
                    "provenance": {k: v for k, v in provenance_tags(launch.study_ref, launch.argv).items()
                                   if k != schema.TAG_COMMAND}}
         if launch.searching:
@@ -444,7 +449,8 @@ def _analyze(launch: Launch, sweep_id: str) -> int:
 
     argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate",
             "--tracking-uri", launch.tracking_uri]
-    return run_analysis(launch.study.analysis, launch.study.name, argv)
+    return run_analysis(launch.study.analysis, launch.study.name, argv,
+                        provenance=provenance_tags(launch.study_ref, launch.argv))
 
 
 def _experiment_path(launch: Launch, sweep: SweepWriter, storage: Path) -> str:

@@ -57,6 +57,9 @@ class Study:
                       or resumed point continues from (one point per Ray trial).
     log_models:       log each finished point's ``PointResult.model`` to its run
                       by default (``--log-models`` / ``--no-log-models``).
+    system_metrics:   seconds between samples of MLflow's system metrics (CPU,
+                      memory, disk, network, GPU) in each point's run; 0 for
+                      none (the default: short points); ``--system-metrics``.
     unlogged_fields:  config fields too bulky to be MLflow params.
     cost:             optional relative cost of a point; the runner starts the
                       most expensive Ray trials first, so the last to finish is short.
@@ -91,6 +94,7 @@ class Study:
     points_per_trial: int = 1
     checkpoints: bool = False
     log_models: bool = False
+    system_metrics: float = 0.0
     unlogged_fields: tuple[str, ...] = ()
     cost: Callable[[Any], float] | None = None
     options: tuple[Option, ...] = ()

@@ -8,7 +8,9 @@ run, which every node reaches through the tracking server).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import tempfile
 import threading
@@ -132,6 +134,30 @@ def log_model(writer: SweepWriter, run_id: str, model: TrainedModel) -> None:
         writer.log_model(run_id, spec, path)
 
 
+@contextlib.contextmanager
+def system_metrics(tracking_uri: str, run_id: str, interval: float):
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+    GPU ones where a GPU is seen, ...) sampled every ``interval`` seconds into the run while the block runs.
+
+    Through MLflow's public switch, ``mlflow.start_run(run_id, log_system_metrics=True)``; leaving it ends that
+    fluent run with the status the record already gave the run (the writer ends runs), so nothing changes there.
+    """
+    if not interval:
+        yield
+        return
+    import mlflow
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop notes, once per point
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_system_metrics_sampling_interval(interval)
+    mlflow.start_run(run_id=run_id, log_system_metrics=True)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a store that stopped answering is reported by the point
+            mlflow.end_run(mlflow.tracking.MlflowClient(tracking_uri).get_run(run_id).info.status)
+
+
 class PointTimeout(TimeoutError):
     """A point ran longer than ``--point-timeout``."""
 
@@ -225,7 +251,8 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
                 if hooks is not None:
                     hooks.run_id = run_id
                 point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
-                with Watchdog(context["point_timeout"], lambda error, run_id=run_id: writer.fail(run_id, error)):
+                with (system_metrics(uri, run_id, context.get("system_metrics", 0)),
+                      Watchdog(context["point_timeout"], lambda error, run_id=run_id: writer.fail(run_id, error))):
                     result = study.run_point(config, point_context)
                 study.check_result(result)
                 if context["log_models"] and result.model is not None:

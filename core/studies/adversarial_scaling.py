@@ -3,7 +3,7 @@
 A point = one (dataset, hidden_width, seed): generate the data,
 train one MLP with Adam and early stopping, then attack the test set with
 FGSM and PGD at every epsilon of the config (one training, many attacks).
-Protocol: ``shared/specs/adversarial_scaling.md``.
+Protocol: ``docs/adversarial_scaling.md``.
 
 Randomness, all from ``config.seed``: the data come from NumPy
 ``default_rng(seed)``; the weights from ``torch.manual_seed(seed)`` (inside a
@@ -17,7 +17,11 @@ the reference's shuffling order bit for bit.
 
 Histories: ``train_loss`` is indexed by epoch (0-based); ``fgsm_acc``,
 ``pgd_acc``, ``fgsm_gap``, ``pgd_gap`` by epsilon index (the order of
-``config.epsilons``).
+``config.epsilons``).  The robust accuracies are also final metrics named by
+their epsilon, ``fgsm_acc/eps_0.05`` and ``pgd_acc/eps_0.05`` (the MLflow UI
+groups each attack's in one section, one chart per epsilon), and histories
+``fgsm_acc_by_eps_x1000``, ``pgd_acc_by_eps_x1000`` at ``step = round(1000 * epsilon)``
+(the UI's line charts then run over epsilon itself, in thousandths).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import nn
 from core import synthetic
 from core.attacks import fgsm, pgd
 from core.models import count_parameters
-from core.point import PointContext, PointResult, TrainedModel
+from core.point import PointContext, PointResult, TrainedModel, generated
 from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
 from core.validation import check_choice, check_int, check_real, check_reals
 
@@ -145,6 +149,8 @@ def _run(config: AdversarialScalingConfig) -> PointResult:
             "final_train_loss": losses[-1],
             "mean_fgsm_gap": float(np.mean(fgsm_gap)),
             "mean_pgd_gap": float(np.mean(pgd_gap)),
+            **{f"{attack}_acc/eps_{eps:g}": acc for attack, accs in (("fgsm", fgsm_acc), ("pgd", pgd_acc))
+               for eps, acc in zip(config.epsilons, accs)},
         },
         histories={
             "train_loss": losses,
@@ -152,9 +158,14 @@ def _run(config: AdversarialScalingConfig) -> PointResult:
             "pgd_acc": pgd_acc,
             "fgsm_gap": fgsm_gap,
             "pgd_gap": pgd_gap,
+            # The same accuracies with step = 1000 x epsilon: a line over epsilon itself in the MLflow UI's charts.
+            "fgsm_acc_by_eps_x1000": {round(1000 * eps): acc for eps, acc in zip(config.epsilons, fgsm_acc)},
+            "pgd_acc_by_eps_x1000": {round(1000 * eps): acc for eps, acc in zip(config.epsilons, pgd_acc)},
         },
         params={"param_count": count_parameters(model)},
         artifacts={"robustness.csv": robustness_csv(config.epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap)},
         model=TrainedModel("mlp", {"in_features": 2, "hidden_widths": [config.hidden_width] * 2, "num_classes": 2},
                            model),
+        datasets=(generated(config.dataset, f"core.synthetic.{config.dataset}", n_samples=config.n_samples,
+                            noise=config.noise, seed=config.seed),),
     )

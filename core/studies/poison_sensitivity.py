@@ -2,7 +2,7 @@
 
 A point trains ``Linear(d, h) - ReLU - Linear(h, K)`` with plain SGD on a
 poisoned training split and measures train / clean-train / test accuracy.
-Protocol: ``shared/specs/poison_sensitivity.md``.  Its pieces are functions
+Protocol: ``docs/poison_sensitivity.md``.  Its pieces are functions
 with explicit arguments, so a variation (another model shape, another
 optimizer) reuses them: :func:`poisoned_split` for the data,
 :func:`core.training.fit_mlp` for the training, :func:`measure` for the metrics.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.point import PointContext, PointResult, TrainedModel
+from core.point import DataRecord, PointContext, PointResult, TrainedModel, generated
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
 from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
@@ -129,12 +129,20 @@ def measure(model: nn.Module, split: PoisonedSplit, train_loss: list[float]) -> 
     )
 
 
+def dataset(config: PoisonSensitivityConfig) -> DataRecord:
+    """The generated clusters a point trains and tests on (before poisoning), identified by the generator's values."""
+    return generated("gaussian_clusters", "core.synthetic.gaussian_clusters", n_samples=config.n_samples,
+                     n_features=config.n_features, n_classes=config.n_classes, cluster_std=config.cluster_std,
+                     center_scale=config.center_scale, seed=config.data_seed)
+
+
 def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointResult:
     """Train one MLP on the poisoned split (with ``config.torch_threads`` threads) and measure it."""
     with torch_threads(config.torch_threads):
         split = make_split(config)
         model, train_loss = train(config, split)
         result = measure(model, split, train_loss)
+    result.datasets = (dataset(config),)
     result.model = TrainedModel("mlp", {"in_features": config.n_features, "hidden_widths": [config.hidden_width],
                                         "num_classes": config.n_classes}, model)
     return result

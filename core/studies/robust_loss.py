@@ -26,7 +26,7 @@ from core.losses import (LossContractError, LossSource, instantiate_loss, load_l
                          tunable_params)
 from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
-from core.point import EpochHooks, PointContext, PointResult, TrainedModel
+from core.point import EpochHooks, PointContext, PointResult, TrainedModel, from_files
 from core.training import accuracy, select_device, torch_threads, validation_split
 from core.validation import check_bool, check_choice, check_int, check_real
 from core.vision_data import DATASETS, load_dataset
@@ -392,6 +392,8 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
             }
         },
         model=TrainedModel(benchmark.model, {"num_classes": data.num_classes}, model),
+        datasets=(from_files(data.name, data.source, data.files,
+                             "local" if benchmark.dataset != "digits" else "code"),),
     )
     result.check_finite()
     return result

@@ -9,8 +9,9 @@ from tune_jobs.study import Study
 STUDY = Study(
     name="adversarial_scaling",
     description="MLP width x dataset x seed, each trained model attacked with FGSM and PGD at every epsilon "
-                "(shared/specs/adversarial_scaling.md). One child run per training; per-epsilon results are "
-                "histories with step = epsilon index plus robustness.csv.",
+                "(protocol: docs/adversarial_scaling.md). One child run per training; per-epsilon results are "
+                "metrics fgsm_acc/eps_E, pgd_acc/eps_E, histories with step = epsilon index and with step = "
+                "1000 x epsilon (*_by_eps_x1000), and robustness.csv.",
     config_type=AdversarialScalingConfig,
     grid={
         "dataset": ("circles", "moons"),

@@ -9,7 +9,7 @@ from tune_jobs.study import Study
 STUDY = Study(
     name="poison_sensitivity",
     description="Label-flip poison fraction x MLP width x seed on Gaussian clusters "
-                "(shared/specs/poison_sensitivity.md). One child run per grid point.",
+                "(protocol: docs/poison_sensitivity.md). One child run per grid point.",
     config_type=PoisonSensitivityConfig,
     grid={
         "poison_fraction": (0.0, 0.01, 0.05, 0.10, 0.15, 0.20, 0.30, 0.40, 0.50),

@@ -52,7 +52,7 @@ def prepare(points: list[RobustLossConfig], switches: dict[str, Any]) -> list[Ro
 
 STUDY = Study(
     name="robust_loss",
-    description="Poison-robust loss benchmark: benchmark x loss x seed; each child "
+    description="Poison-robust loss benchmark (protocol: docs/robust_loss.md): benchmark x loss x seed; each child "
                 "run logs test_acc, poison_fit, robust_score and their per-epoch histories and its trained model; "
                 "checkpoints live in the run while it trains. Benchmarks: " + ", ".join(BENCHMARKS) + ".\n"
                 "A loss is a baseline (" + ", ".join(BASELINE_LOSSES) + "), a file path/to/my_loss.py or "
@@ -69,6 +69,7 @@ STUDY = Study(
     metrics=("test_acc", "poison_fit", "robust_score", "final_train_loss"),
     checkpoints=True,
     log_models=True,
+    system_metrics=10.0,
     unlogged_fields=("loss_source", "loss_params"),
     search_metrics=("val_acc",),
     search_defaults={"val_fraction": 0.1},
