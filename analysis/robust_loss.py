@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
 from record.read import SweepRecord
+from record.schema import metric_key
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -92,8 +93,8 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
         },
         "mean_robust_score": stats.groupby("loss").robust_score_mean.mean().to_dict(),
     }
-    metrics = {f"{m}_{r.benchmark}_{r.loss}": r[f"{m}_mean"] for _, r in stats.iterrows() for m in METRICS}
-    metrics.update({f"mean_robust_score_{loss}": v for loss, v in summary["mean_robust_score"].items()})
+    metrics = {metric_key(f"{m}_{r.benchmark}_{r.loss}"): r[f"{m}_mean"] for _, r in stats.iterrows() for m in METRICS}
+    metrics.update({metric_key(f"mean_robust_score_{loss}"): v for loss, v in summary["mean_robust_score"].items()})
     return AnalysisOutput(summary=summary, table=table, findings=findings, figures=_curves(sweep),
                           tables={"stats": stats}, metrics=metrics)
 

@@ -77,6 +77,12 @@ _BASES = {int: "int", float: "float", bool: "bool", str: "str"}
 _TYPE_NAME = re.compile(r"^(?:tuple\[)?(int|float|bool|str)\]?\??$")
 
 
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric key: characters other than letters, digits, ``_``, ``-`` and ``.`` become
+    ``_`` (a loss file's path in a finding's name: ``test_acc_B__home_me_my_loss.py``)."""
+    return re.sub(r"[^\w.\-]", "_", name)[:250]
+
+
 class DecodeError(ValueError):
     """A param's text does not decode to its type; the message names the param and the text."""
 

@@ -135,3 +135,10 @@ def test_analyses_and_the_read_model_run_without_torch_or_ray(tmp_path):
         assert "STATUS 0" in out and f"ROWS {rows}" in out and grid in out, out[-2000:]
         assert "LOADED []" in out, out[-2000:]
         assert (tmp_path / study / "summary.json").exists()
+
+
+def test_metric_key_keeps_documented_names_and_makes_paths_safe():
+    from record.schema import metric_key
+
+    assert metric_key("robust_score_cnn-digits-labelflip_generalized_ce") == "robust_score_cnn-digits-labelflip_generalized_ce"
+    assert metric_key("test_acc_b_/tmp//my loss.py") == "test_acc_b__tmp__my_loss.py"
