@@ -3,7 +3,8 @@
 Per dataset and width: mean and std over seeds of clean accuracy and of the
 FGSM / PGD gaps averaged over epsilons; per dataset and attack: Pearson r
 between log10(param_count) and the mean gap, with its two-sided p-value and
-95% confidence interval.
+Fisher 95% confidence interval, Spearman's rho with its p-value, and
+seed-bootstrap 95% intervals of both (:mod:`core.stats`).
 
 SciPy and matplotlib are imported where they are used: a launcher imports
 this module (through the study's declaration) before Ray starts.
@@ -40,20 +41,90 @@ def per_epsilon(sweep: SweepRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def correlations(by_width: pd.DataFrame) -> dict[str, dict[str, dict]]:
-    """Per dataset and attack: r(log10 param_count, seed-mean gap) with p and 95% CI."""
+def _rows_pearson(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Pearson r of ``x`` with each row of ``ys`` (NaN for a constant row)."""
+    xc = x - x.mean()
+    yc = ys - ys.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (yc @ xc) / np.sqrt((yc ** 2).sum(axis=1) * (xc ** 2).sum())
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(values, axis=-1)
+
+
+def seed_bootstrap(runs: pd.DataFrame, dataset: str, attack: str) -> dict | None:
+    """Seed-bootstrap 95% intervals of Pearson r and Spearman rho between log10(param_count) and the seed-mean
+    gap (:mod:`core.stats`: whole seeds resampled, a seed's data set serving every width); None below 2 seeds
+    or 3 widths, or unless every width has the same seeds."""
+    from core.stats import percentile_interval, resampled_means, seed_draws
+
+    rows = runs[runs.dataset == dataset]
+    table = rows.pivot_table(index="hidden_width", columns="seed", values=f"mean_{attack}_gap", aggfunc="first")
+    if table.shape[0] < 3 or table.shape[1] < 2 or table.isna().any().any():
+        return None
+    params = rows.groupby("hidden_width").param_count.first().reindex(table.index).to_numpy(dtype=float)
+    values = table.to_numpy(dtype=float)
+    draws = np.broadcast_to(seed_draws(values.shape[1], 1), (1000, values.shape[0], values.shape[1]))
+    means = resampled_means(values, draws)  # (resamples, widths)
+    x = np.log10(params)
+    return {"r": percentile_interval(_rows_pearson(x, means)),
+            "rho": percentile_interval(_rows_pearson(_ranks(x), _ranks(means))),
+            "n_seeds": values.shape[1]}
+
+
+def correlations(by_width: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """Per dataset and attack: r(log10 param_count, seed-mean gap) with p and Fisher 95% CI, Spearman's rho with
+    its p, and seed-bootstrap 95% intervals of both (None where not available)."""
+    from scipy.stats import spearmanr
+
     from core.metrics import pearson_with_ci
 
     out: dict[str, dict[str, dict]] = {}
     for dataset, rows in by_width.groupby("dataset"):
         out[dataset] = {}
         for attack in ATTACKS:
+            entry = {"r": None, "p_value": None, "ci_low": None, "ci_high": None, "n": len(rows), "rho": None,
+                     "rho_p_value": None, "r_boot": None, "rho_boot": None, "n_seeds": int(rows.n_seeds.min())}
+            out[dataset][attack] = entry
             if len(rows) < 3:
-                out[dataset][attack] = {"r": None, "p_value": None, "ci_low": None, "ci_high": None, "n": len(rows)}
                 continue
-            c = pearson_with_ci(np.log10(rows["param_count"]), rows[f"mean_{attack}_gap_mean"])
-            out[dataset][attack] = {"r": c.r, "p_value": c.p_value, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n}
+            x, y = np.log10(rows["param_count"]), rows[f"mean_{attack}_gap_mean"]
+            c = pearson_with_ci(x, y)
+            entry.update(r=c.r, p_value=c.p_value, ci_low=c.ci_low, ci_high=c.ci_high, n=c.n)
+            if np.ptp(y) > 0:
+                rank = spearmanr(x, y)
+                entry.update(rho=float(rank.statistic), rho_p_value=float(rank.pvalue))
+            boot = seed_bootstrap(runs, dataset, attack)
+            if boot is not None:
+                entry.update(r_boot=boot["r"] and [boot["r"].low, boot["r"].high],
+                             rho_boot=boot["rho"] and [boot["rho"].low, boot["rho"].high])
     return out
+
+
+def _what_survives(c: dict) -> str:
+    """Which of the correlation's readings hold at 95%: across widths (Fisher), by rank, over seeds (bootstrap)."""
+    sign = "positive" if c["r"] > 0 else "negative"
+    parts = []
+    parts.append(f"Spearman rho = {c['rho']:.2f} (p = {c['rho_p_value']:.3f})" if c["rho"] is not None
+                 else "Spearman rho undefined (constant gaps)")
+    if c["r_boot"] is None:
+        parts.append("seed-bootstrap intervals not available (needs >= 2 seeds of every width; --seeds N)")
+        holds_seeds = None
+    else:
+        low, high = c["r_boot"]
+        holds_seeds = low > 0 or high < 0
+        parts.append(f"seed-bootstrap 95% CI of r [{low:.2f}, {high:.2f}]"
+                     + (f", of rho [{c['rho_boot'][0]:.2f}, {c['rho_boot'][1]:.2f}]" if c["rho_boot"] else ""))
+    survives = [name for name, held in (("across widths (Fisher CI excludes 0)", c["ci_low"] > 0 or c["ci_high"] < 0),
+                                        ("by rank (Spearman p < 0.05)", c["rho_p_value"] is not None
+                                         and c["rho_p_value"] < 0.05),
+                                        ("over seeds (bootstrap CI excludes 0)", holds_seeds)) if held]
+    verdict = (f"the {sign} trend survives at 95% " + ", ".join(survives)) if survives else \
+        f"the {sign} trend survives none of the 95% tests"
+    return "; ".join(parts) + f" -> {verdict}"
 
 
 def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
@@ -71,6 +142,7 @@ def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
             out.append(f"{dataset} / {attack.upper()}: the mean robustness gap {direction} with model size "
                        f"(r = {c['r']:.2f}, p = {c['p_value']:.3f}, 95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], "
                        f"n = {c['n']} widths; {certain})")
+            out.append(f"{dataset} / {attack.upper()}: " + _what_survives(c))
     return out
 
 
@@ -105,7 +177,7 @@ def _per_epsilon_figure(per_eps: pd.DataFrame, datasets: list[str], colors: dict
     return figure
 
 
-def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]:
+def _plots(evals: pd.DataFrame, by_width: pd.DataFrame, corr: dict) -> dict[str, plt.Figure]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,9 +199,21 @@ def _plots(evals: pd.DataFrame, by_width: pd.DataFrame) -> dict[str, plt.Figure]
         for attack, marker in zip(ATTACKS, ("o", "s")):
             ax.errorbar(rows.param_count, rows[f"mean_{attack}_gap_mean"], yerr=rows[f"mean_{attack}_gap_std"],
                         marker=marker, capsize=3, label=f"{attack.upper()} (mean over ε)")
-        ax.set(xscale="log", xlabel="parameter count", ylabel="mean robustness gap", title=dataset)
+        ax.set(xscale="log", xlabel="parameter count", ylabel="mean robustness gap (mean ± std over seeds)",
+               title=dataset)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.legend()
+        ax.legend(loc="lower right", fontsize=8)
+        notes = []
+        for attack in ATTACKS:
+            c = corr.get(dataset, {}).get(attack, {})
+            if c.get("r") is None or math.isnan(c["r"]):
+                continue
+            boot = f", seeds [{c['r_boot'][0]:.2f}, {c['r_boot'][1]:.2f}]" if c.get("r_boot") else ", seeds n/a"
+            rho = f"; rho = {c['rho']:.2f}" if c.get("rho") is not None else ""
+            notes.append(f"{attack.upper()}: r = {c['r']:.2f}, 95% CI Fisher [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+                         f"{boot}{rho}")
+        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     return {"clean_vs_robust.png": acc, "robustness_gap.png": gap, "param_scaling.png": scaling}
 
 
@@ -137,7 +221,7 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
     """Aggregate per width, correlate with size, tabulate and plot one sweep."""
     runs = sweep.runs
     by_width = group_stats(runs, ["dataset", "hidden_width", "param_count"], ["clean_acc", "mean_fgsm_gap", "mean_pgd_gap"])
-    corr = correlations(by_width)
+    corr = correlations(by_width, runs)
     evals = per_epsilon(sweep)
     table = pd.DataFrame([
         {"dataset": r.dataset, "width": r.hidden_width, "params": f"{r.param_count:,}",
@@ -159,9 +243,16 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
         .to_dict(orient="records"),
     }
     metrics = {f"{name}_{dataset}_{attack}": values[key] for dataset, attacks in corr.items()
-               for attack, values in attacks.items() for name, key in (("r", "r"), ("p", "p_value"))}
+               for attack, values in attacks.items()
+               for name, key in (("r", "r"), ("p", "p_value"), ("r_ci_low", "ci_low"), ("r_ci_high", "ci_high"),
+                                 ("rho", "rho"), ("rho_p", "rho_p_value"))}
+    for dataset, attacks in corr.items():
+        for attack, values in attacks.items():
+            for name in ("r_boot", "rho_boot"):
+                if values[name] is not None:
+                    metrics[f"{name}_low_{dataset}_{attack}"], metrics[f"{name}_high_{dataset}_{attack}"] = values[name]
     return AnalysisOutput(summary=summary, table=table, findings=findings(by_width, corr),
-                          figures=_plots(evals, by_width), tables={"evaluations": evals}, metrics=metrics)
+                          figures=_plots(evals, by_width, corr), tables={"evaluations": evals}, metrics=metrics)
 
 
 def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:

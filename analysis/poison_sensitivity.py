@@ -58,7 +58,94 @@ def fit_size(points: pd.DataFrame, chance: float) -> dict:
     return entry
 
 
-def findings(fits: dict[int, dict], label: str = "width") -> list[str]:
+def seed_matrix(runs: pd.DataFrame, size: str, column: str):
+    """``column`` as an array ``(sizes, fractions, seeds)`` with the sorted sizes, fractions and seeds; None unless
+    every (size, fraction) has exactly the same seeds (a sweep with failed points gets no intervals)."""
+    if "seed" not in runs.columns:
+        return None
+    sizes, fractions, seeds = (sorted(runs[c].unique()) for c in (size, "poison_fraction", "seed"))
+    table = runs.pivot_table(index=[size, "poison_fraction"], columns="seed", values=column, aggfunc="first")
+    if len(table) != len(sizes) * len(fractions) or table.isna().any().any():
+        return None
+    values = table.reindex(pd.MultiIndex.from_product([sizes, fractions]))[seeds].to_numpy(dtype=float)
+    return sizes, np.asarray(fractions, dtype=float), seeds, values.reshape(len(sizes), len(fractions), len(seeds))
+
+
+def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict]) -> dict | None:
+    """Seed-bootstrap intervals (:mod:`core.stats`: seeds resampled within each poison fraction, the same draws
+    for every size, the sigmoid refitted each time) of each size's threshold, k and gen gap at the largest
+    fraction, and of every pairwise threshold difference (larger size minus smaller); None below 2 seeds or
+    with an incomplete seed matrix.  A resample whose fit never reaches the midpoint has threshold +inf."""
+    from core.metrics import first_crossing, fit_descending_sigmoid
+    from core.stats import percentile_interval, resampled_means, seed_draws
+
+    acc, gap = seed_matrix(runs, size, "test_acc"), seed_matrix(runs, size, "gen_gap")
+    if acc is None or gap is None or len(acc[2]) < 2:
+        return None
+    sizes, x, seeds, values = acc
+    draws = seed_draws(len(seeds), len(x))
+    means = resampled_means(values, draws)  # (resamples, sizes, fractions)
+    gaps = resampled_means(gap[3], draws)[:, :, -1]
+    thresholds = np.full(means.shape[:2], np.nan)
+    ks = np.full(means.shape[:2], np.nan)
+    for b in range(means.shape[0]):
+        for i, w in enumerate(sizes):
+            try:
+                fit = fit_descending_sigmoid(x, means[b, i], start=fits[int(w)].get("_fit"))
+            except (RuntimeError, ValueError):
+                continue
+            ks[b, i] = fit.k
+            if x[0] == 0.0:
+                found = first_crossing(fit, (means[b, i, 0] + chance) / 2.0, x_max=max(0.6, float(x[-1]) + 0.1))
+                thresholds[b, i] = np.inf if found is None else found
+    out = {"n_seeds": len(seeds), "n_resamples": int(means.shape[0]), "sizes": {}, "differences": {}}
+    for i, w in enumerate(sizes):
+        out["sizes"][int(w)] = {"threshold": percentile_interval(thresholds[:, i]), "k": percentile_interval(ks[:, i]),
+                                "gen_gap_at_max": percentile_interval(gaps[:, i])}
+    for i, small in enumerate(sizes):
+        for j in range(i + 1, len(sizes)):
+            with np.errstate(invalid="ignore"):
+                diff = thresholds[:, j] - thresholds[:, i]
+            out["differences"][(int(small), int(sizes[j]))] = percentile_interval(diff)
+    return out
+
+
+def interval_findings(fits: dict[int, dict], boot: dict | None, label: str) -> list[str]:
+    """How sure the threshold findings are: each pairwise difference with its seed-bootstrap interval."""
+    if boot is None:
+        return [f"95% intervals not available: they need at least 2 seeds of every {label} at every poison fraction "
+                "(--seeds N)"]
+    out = []
+    held = []
+    for (small, large), interval in boot["differences"].items():
+        a, b = fits[small]["threshold"], fits[large]["threshold"]
+        if interval is None or a is None or b is None:
+            out.append(f"threshold difference {label} {small} -> {large}: not available (no threshold)")
+            continue
+        holds = interval.high < 0
+        held.append(holds)
+        out.append(f"threshold {label} {large} minus {label} {small}: {100 * (b - a):+.1f} points, 95% CI "
+                   f"[{100 * interval.low:+.1f}, {100 * interval.high:+.1f}] "
+                   f"({'below zero: the fall holds at 95%' if holds else 'includes zero: not shown at 95%'})")
+    if held:
+        verdict = "holds at 95% for every pair" if all(held) else f"holds at 95% for {sum(held)} of {len(held)} pairs"
+        out.append(f"\"thresholds fall with {label}\" {verdict} ({boot['n_seeds']} seeds, {boot['n_resamples']} "
+                   "seed-bootstrap resamples)")
+    return out
+
+
+def _intervals_summary(boot: dict | None, label: str) -> dict:
+    """The bootstrap's intervals as JSON (None: not available)."""
+    if boot is None:
+        return {"available": False}
+    pair = lambda i: None if i is None else [i.low, i.high]  # noqa: E731
+    return {"available": True, "method": "seed bootstrap, percentile", "confidence": 0.95,
+            "n_seeds": boot["n_seeds"], "n_resamples": boot["n_resamples"],
+            f"{label}s": {str(w): {k: pair(v) for k, v in by_key.items()} for w, by_key in boot["sizes"].items()},
+            "threshold_differences": {f"{a}->{b}": pair(v) for (a, b), v in boot["differences"].items()}}
+
+
+def findings(fits: dict[int, dict], label: str = "width", boot: dict | None = None) -> list[str]:
     """The study's conclusions, in words (``label`` names the model size: width, depth, ...)."""
     widths = sorted(fits)
     out = []
@@ -79,6 +166,7 @@ def findings(fits: dict[int, dict], label: str = "width") -> list[str]:
         elif fits[w]["threshold"] is None and not math.isnan(fits[w]["clean_acc"]):
             out.append(f"{label} {w}: the fitted curve never reaches the midpoint between clean accuracy and chance "
                        f"in the searched range (no threshold)")
+    out += interval_findings(fits, boot, label)
     small, large = fits[widths[0]]["gen_gap_at_max"], fits[widths[-1]]["gen_gap_at_max"]
     if len(widths) >= 2 and small > 0:
         out.append(f"generalization gap at the largest poison fraction amplifies {large / small:.1f}x from {label} "
@@ -86,7 +174,7 @@ def findings(fits: dict[int, dict], label: str = "width") -> list[str]:
     return out
 
 
-def _plots(agg: pd.DataFrame, fits: dict[int, dict], size: str, label: str) -> dict[str, plt.Figure]:
+def _plots(agg: pd.DataFrame, fits: dict[int, dict], size: str, label: str, boot: dict | None) -> dict[str, plt.Figure]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,16 +193,25 @@ def _plots(agg: pd.DataFrame, fits: dict[int, dict], size: str, label: str) -> d
             ax.plot(grid, fit(grid), color=colors[w], lw=1.5)
         if fits[w]["threshold"] is not None:
             ax.axvline(fits[w]["threshold"], color=colors[w], ls="--", lw=1)
+        interval = boot["sizes"][w]["threshold"] if boot else None
+        if interval is not None and np.isfinite(interval.low):
+            ax.axvspan(interval.low, min(interval.high, ax.get_xlim()[1]), color=colors[w], alpha=0.12, lw=0)
     ax.set(xlabel="poison fraction", ylabel="clean test accuracy",
-           title="Test accuracy vs poison fraction (mean ± std over seeds; dashed: critical threshold)")
+           title="Test accuracy vs poison fraction (mean ± std over seeds)\n"
+                 "dashed: critical threshold; band: its 95% seed-bootstrap interval")
     ax.legend()
     gap, ax = plt.subplots(figsize=(7, 4.5))
     for w in widths:
         pts = agg[agg[size] == w].sort_values("poison_fraction")
         ax.errorbar(pts.poison_fraction, pts.gen_gap_mean, yerr=pts.gen_gap_std, marker="o", color=colors[w],
                     capsize=3, label=f"{label} {w}")
+        interval = boot["sizes"][w]["gen_gap_at_max"] if boot else None
+        if interval is not None:  # the 95% interval of the gap at the largest fraction, beside its point
+            ax.vlines(pts.poison_fraction.iloc[-1] + 0.006 * (1 + widths.index(w)), interval.low, interval.high,
+                      color=colors[w], lw=5, alpha=0.35)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="poison fraction", ylabel="train acc − test acc", title="Generalization gap vs poison fraction")
+    ax.set(xlabel="poison fraction", ylabel="train acc − test acc",
+           title="Generalization gap vs poison fraction (mean ± std; bars: 95% CI at the largest fraction)")
     ax.legend()
     panels, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 4), sharey=True, squeeze=False)
     for ax, w in zip(axes[0], widths):
@@ -141,24 +238,48 @@ def make_analysis(size: str = "hidden_width", label: str = "width") -> Analysis:
         agg = aggregate(runs, size)
         n_classes = int(runs["n_classes"].iloc[0])
         fits = {int(w): fit_size(agg[agg[size] == w], 1.0 / n_classes) for w in sorted(agg[size].unique())}
+        boot = bootstrap(runs, size, 1.0 / n_classes, fits)
+        intervals = boot["sizes"] if boot else {}
+
+        def shown(w: int, key: str, percent: bool = False) -> str:
+            interval = intervals.get(w, {}).get(key)
+            if interval is None:
+                return "n/a"
+            number = (lambda v: "> range" if v == math.inf else f"{v:.1%}") if percent else (lambda v: f"{v:.3g}")
+            return f"[{number(interval.low)}, {number(interval.high)}]"
+
         table = pd.DataFrame([
             {label: w, "clean acc": f"{f['clean_acc']:.3f}", "L": f"{f['L']:.3f}", "k": f"{f['k']:.2f}",
-             "x0": f"{f['x0']:.3f}", "b": f"{f['b']:.3f}",
+             "k 95% CI": shown(w, "k"), "x0": f"{f['x0']:.3f}", "b": f"{f['b']:.3f}",
              "threshold": f"{f['threshold']:.1%}" if f["threshold"] is not None else "not reached",
-             "R^2": f"{f['r2']:.3f}", f"gen gap @{f['max_poison_fraction']:.0%}": f"{f['gen_gap_at_max']:.3f}"}
+             "threshold 95% CI": shown(w, "threshold", percent=True),
+             "R^2": f"{f['r2']:.3f}", f"gen gap @{f['max_poison_fraction']:.0%}": f"{f['gen_gap_at_max']:.3f}",
+             "gen gap 95% CI": shown(w, "gen_gap_at_max")}
             for w, f in fits.items()
         ])
         summary = {
             "chance": 1.0 / n_classes,
             f"{label}s": {str(w): {k: v for k, v in f.items() if not k.startswith("_")} for w, f in fits.items()},
             "aggregate": agg.to_dict(orient="records"),
+            "intervals": _intervals_summary(boot, label),
         }
         letter = label[0]
         metrics = {f"{name}_{letter}{w}": f[key] for w, f in fits.items()
                    for name, key in (("threshold", "threshold"), ("k", "k"), ("r2", "r2"),
                                      ("gen_gap_at_max", "gen_gap_at_max"))}
-        return AnalysisOutput(summary=summary, table=table, findings=findings(fits, label),
-                              figures=_plots(agg, fits, size, label), metrics=metrics)
+        for w, by_key in intervals.items():
+            for key, interval in by_key.items():
+                if interval is not None:
+                    metrics[f"{key}_ci_low_{letter}{w}"], metrics[f"{key}_ci_high_{letter}{w}"] = interval.low, interval.high
+        for (small, large), interval in (boot["differences"] if boot else {}).items():
+            a, b = fits[small]["threshold"], fits[large]["threshold"]
+            pair = f"{letter}{small}_{letter}{large}"
+            if a is not None and b is not None:
+                metrics[f"threshold_diff_{pair}"] = b - a
+            if interval is not None:
+                metrics[f"threshold_diff_ci_low_{pair}"], metrics[f"threshold_diff_ci_high_{pair}"] = interval.low, interval.high
+        return AnalysisOutput(summary=summary, table=table, findings=findings(fits, label, boot),
+                              figures=_plots(agg, fits, size, label, boot), metrics=metrics)
 
     def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
         """Completeness and sanity of a finished sweep."""

@@ -24,12 +24,46 @@ if TYPE_CHECKING:
 METRICS = ("test_acc", "poison_fit", "robust_score")
 
 
+BASELINE = "cross_entropy"  # what every other loss is compared with, paired by seed
+TEST = "paired t"
+
+
 def _cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f}" if n < 2 else f"{mean:.3f} ± {std:.3f}"
 
 
-def leaderboard(stats: pd.DataFrame) -> pd.DataFrame:
-    """One row per loss, best mean robust_score first."""
+def _interval(interval) -> str:
+    return "n/a (1 seed)" if interval is None else f"[{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def score_intervals(runs: pd.DataFrame) -> dict[tuple[str, str], object]:
+    """(benchmark, loss) -> the Student-t 95% interval of the mean robust_score over seeds (None for one seed)."""
+    from core.stats import t_interval
+
+    return {(b, loss): t_interval(rows.robust_score) for (b, loss), rows in runs.groupby(["benchmark", "loss"])}
+
+
+def comparisons(runs: pd.DataFrame) -> dict[tuple[str, str], object]:
+    """(benchmark, loss) -> robust_score of the loss minus cross-entropy's, paired by seed (seeds both ran):
+    :func:`core.stats.paired_t`.  Absent where the benchmark has no cross-entropy run."""
+    from core.stats import paired_t
+
+    out = {}
+    for benchmark, rows in runs.groupby("benchmark"):
+        base = rows[rows.loss == BASELINE].groupby("seed").robust_score.mean()
+        if base.empty:
+            continue
+        for loss, mine in rows[rows.loss != BASELINE].groupby("loss"):
+            mine = mine.groupby("seed").robust_score.mean()
+            seeds = sorted(set(mine.index) & set(base.index))
+            out[(benchmark, loss)] = paired_t(mine[seeds].to_numpy(), base[seeds].to_numpy())
+    return out
+
+
+def leaderboard(stats: pd.DataFrame, intervals: dict | None = None, compared: dict | None = None) -> pd.DataFrame:
+    """One row per loss, best mean robust_score first: per benchmark the means ± std over seeds, the 95% interval
+    of robust_score, and its difference from cross-entropy paired by seed (paired t, 95% interval)."""
+    intervals, compared = intervals or {}, compared or {}
     rows = []
     benchmarks = sorted(stats.benchmark.unique())
     for loss, per_loss in stats.groupby("loss"):
@@ -41,11 +75,45 @@ def leaderboard(stats: pd.DataFrame) -> pd.DataFrame:
                 continue
             c = cell.iloc[0]
             row[benchmark] = " / ".join(_cell(c[f"{m}_mean"], c[f"{m}_std"], c.n_seeds) for m in METRICS)
+            row[f"{benchmark} robust_score 95% CI"] = _interval(intervals.get((benchmark, loss)))
+            comparison = compared.get((benchmark, loss))
+            row[f"{benchmark} vs {BASELINE} ({TEST})"] = (
+                "—" if loss == BASELINE or comparison is None else
+                f"{comparison.mean_diff:+.3f} {_interval(comparison.interval)}"
+                + (" *" if comparison.significant else ""))
         row["mean robust_score"] = per_loss.robust_score_mean.mean()
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("mean robust_score", ascending=False)
     table["mean robust_score"] = table["mean robust_score"].map(lambda v: f"{v:.3f}")
     return table.rename(columns={b: f"{b} (test_acc / poison_fit / robust_score)" for b in benchmarks})
+
+
+def winner_findings(stats: pd.DataFrame, compared: dict) -> list[str]:
+    """Per benchmark: the best mean, and a winner over cross-entropy only where the paired interval excludes 0."""
+    out = []
+    for benchmark, rows in stats.groupby("benchmark"):
+        top = rows.sort_values("robust_score_mean", ascending=False).iloc[0]
+        out.append(f"{benchmark}: {top.loss} has the best mean robust_score {top.robust_score_mean:.3f} "
+                   f"(test_acc {top.test_acc_mean:.3f}, poison_fit {top.poison_fit_mean:.3f}, {top.n_seeds} seed(s))")
+        mine = {loss: c for (b, loss), c in compared.items() if b == benchmark}
+        if not mine:
+            out.append(f"{benchmark}: no {BASELINE} run to compare with: no winner claimed")
+            continue
+        better = sorted((c.mean_diff, loss) for loss, c in mine.items() if c.significant and c.mean_diff > 0)
+        worse = sorted(loss for loss, c in mine.items() if c.significant and c.mean_diff < 0)
+        if all(c.interval is None for c in mine.values()):
+            out.append(f"{benchmark}: one seed per loss: no interval, no winner claimed (--seeds N)")
+            continue
+        n = max(c.n for c in mine.values())
+        if better:
+            shown = ", ".join(f"{loss} ({diff:+.3f} {_interval(mine[loss].interval)})" for diff, loss in reversed(better))
+            out.append(f"{benchmark}: beats {BASELINE} at 95% ({TEST} on robust_score, n = {n} seeds): {shown}")
+        else:
+            out.append(f"{benchmark}: no loss beats {BASELINE} at 95% ({TEST} on robust_score, n = {n} seeds): "
+                       "no winner claimed")
+        if worse:
+            out.append(f"{benchmark}: worse than {BASELINE} at 95%: {', '.join(worse)}")
+    return out
 
 
 def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
@@ -68,9 +136,15 @@ def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
                 if not series:
                     continue
                 length = min(len(s) for s in series)
-                mean = np.mean([s[:length] for s in series], axis=0)
+                values = np.array([s[:length] for s in series])
+                mean = values.mean(axis=0)
                 ax.plot(np.arange(length), mean, color=colors[loss], label=loss)
-            ax.set(title=f"{benchmark}: {metric}", xlabel="epoch", ylabel=metric)
+                if len(series) > 1:  # the 95% t interval of the mean over seeds
+                    from scipy.stats import t as student
+
+                    half = student.ppf(0.975, len(series) - 1) * values.std(axis=0, ddof=1) / np.sqrt(len(series))
+                    ax.fill_between(np.arange(length), mean - half, mean + half, color=colors[loss], alpha=0.15, lw=0)
+            ax.set(title=f"{benchmark}: {metric} (mean over seeds; band: 95% CI)", xlabel="epoch", ylabel=metric)
         row[0].legend(fontsize=8)
     return {"curves.png": figure}
 
@@ -78,13 +152,11 @@ def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
 def analyze(sweep: SweepRecord) -> AnalysisOutput:
     """Leaderboard, per-(benchmark, loss) statistics and training curves of one sweep."""
     stats = group_stats(sweep.runs, ["benchmark", "loss"], list(METRICS))
-    table = leaderboard(stats)
+    intervals, compared = score_intervals(sweep.runs), comparisons(sweep.runs)
+    table = leaderboard(stats, intervals, compared)
     best = table.iloc[0]
-    findings = [f"best mean robust_score: {best['loss']} ({best['mean robust_score']})"]
-    for benchmark, rows in stats.groupby("benchmark"):
-        top = rows.sort_values("robust_score_mean", ascending=False).iloc[0]
-        findings.append(f"{benchmark}: {top.loss} leads with robust_score {top.robust_score_mean:.3f} "
-                        f"(test_acc {top.test_acc_mean:.3f}, poison_fit {top.poison_fit_mean:.3f})")
+    findings = [f"best mean robust_score over the benchmarks: {best['loss']} ({best['mean robust_score']})"]
+    findings += winner_findings(stats, compared)
     summary = {
         "benchmarks": {
             benchmark: {r.loss: {m: {"mean": r[f"{m}_mean"], "std": r[f"{m}_std"]} for m in METRICS} | {"n_seeds": r.n_seeds}
@@ -95,6 +167,19 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
     }
     metrics = {metric_key(f"{m}_{r.benchmark}_{r.loss}"): r[f"{m}_mean"] for _, r in stats.iterrows() for m in METRICS}
     metrics.update({metric_key(f"mean_robust_score_{loss}"): v for loss, v in summary["mean_robust_score"].items()})
+    for (benchmark, loss), interval in intervals.items():
+        if interval is not None:
+            metrics[metric_key(f"robust_score_ci_low_{benchmark}_{loss}")] = interval.low
+            metrics[metric_key(f"robust_score_ci_high_{benchmark}_{loss}")] = interval.high
+    for (benchmark, loss), c in compared.items():
+        summary["benchmarks"][benchmark][loss]["vs_" + BASELINE] = {
+            "test": TEST, "mean_diff": c.mean_diff, "n": c.n, "p_value": c.p_value, "significant": c.significant,
+            "interval": None if c.interval is None else [c.interval.low, c.interval.high]}
+        metrics[metric_key(f"diff_vs_ce_{benchmark}_{loss}")] = c.mean_diff
+        if c.interval is not None:
+            metrics[metric_key(f"diff_vs_ce_ci_low_{benchmark}_{loss}")] = c.interval.low
+            metrics[metric_key(f"diff_vs_ce_ci_high_{benchmark}_{loss}")] = c.interval.high
+            metrics[metric_key(f"diff_vs_ce_p_{benchmark}_{loss}")] = c.p_value
     return AnalysisOutput(summary=summary, table=table, findings=findings, figures=_curves(sweep),
                           tables={"stats": stats}, metrics=metrics)
 

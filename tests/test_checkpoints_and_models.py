@@ -18,7 +18,7 @@ from record.runs import search_all_runs
 from record.write import checkpoint_note
 from tune_jobs.runner import main
 
-COMMON = ["--grid", "loss=cross_entropy,symmetric_ce", "--set", "epochs=4", "--checkpoint-every", "1"]
+COMMON = ["--grid", "loss=cross_entropy,symmetric_ce", "--grid", "seed=42", "--set", "epochs=4", "--checkpoint-every", "1"]
 
 
 def _point_runs(uri):

@@ -83,3 +83,17 @@ def test_help_documents_the_shared_flags():
     for flag in ("--grid", "--set", "--tracking-uri", "--experiment", "--address", "--cpus-per-trial",
                  "--gpus-per-trial", "--max-concurrent", "--max-failures", "--resume", "poison_fraction"):
         assert flag in proc.stdout
+
+
+def test_seeds_take_the_first_n_of_the_documented_list_or_an_explicit_one():
+    from tune_jobs.study import SEEDS
+
+    assert SEEDS[:10] == (42, 123, 7, 1, 2, 3, 4, 5, 6, 8)
+    assert parse_launch(STUDY, ["--seeds", "10"]).grid["seed"] == SEEDS[:10]
+    assert parse_launch(STUDY, ["--seeds", "5,9"]).grid["seed"] == (5, 9)
+    assert len(parse_launch(STUDY, ["--seeds", "10"]).points) == 9 * 3 * 10
+    for argv, message in ((["--seeds", "0"], "--seeds N takes 1 <= N"), (["--seeds", "x"], "got 'x'"),
+                          (["--seeds", "1,1"], "repeats a seed"),
+                          (["--seeds", "3", "--grid", "seed=1"], "both set the seeds")):
+        with pytest.raises(UsageError, match=message):
+            parse_launch(STUDY, argv)

@@ -176,6 +176,7 @@ def test_checkpointing_sweep_with_no_shared_storage(cluster, server, tmp_path):
     proc = _launch(cluster, "robust_loss", [
         "--tracking-uri", server.uri, "--scale", "smoke", "--data-dir", str(cluster.data_dir),
         "--grid", "benchmark=resnet20-cifar10-labelflip,mobilenetv2-fmnist-labelflip", "--grid", "loss=cross_entropy",
+        "--grid", "seed=42",
         "--checkpoint-every", "1", "--analyze", str(tmp_path / "out")], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, runs = _point_runs(server.uri, "robust_loss")
@@ -209,7 +210,7 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
 
     epochs = 40
     launch = _launch(cluster, "robust_loss", [
-        "--tracking-uri", server.uri, "--grid", "loss=cross_entropy", "--set", f"epochs={epochs}",
+        "--tracking-uri", server.uri, "--grid", "loss=cross_entropy", "--grid", "seed=42", "--set", f"epochs={epochs}",
         "--checkpoint-every", "2", "--max-failures", "1", "--analyze", str(tmp_path / "out")], tmp_path, wait=False)
     try:
         deadline, victim = time.monotonic() + 300, None

@@ -1,6 +1,7 @@
 """The analysis's findings are MLflow metrics of the analysis run and of the sweep's parent, with stable names."""
 
 import json
+import math
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -26,6 +27,20 @@ def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(store):
         for name in ("threshold", "k", "r2", "gen_gap_at_max"):
             if fit[name] is not None:
                 expected[f"{name}_w{width}"] = fit[name]
+    intervals = summary["intervals"]  # 2 seeds: seed-bootstrap intervals, as metrics too (infinite ends left out)
+    assert intervals["available"] and intervals["n_seeds"] == 2 and intervals["n_resamples"] == 1000
+    named = {f"{key}_ci_{{}}_w{width}": pair for width, by_key in intervals["widths"].items()
+             for key, pair in by_key.items()}
+    named |= {f"threshold_diff_ci_{{}}_w{pair.replace('->', '_w')}": values
+              for pair, values in intervals["threshold_differences"].items()}
+    for name, pair in named.items():
+        for end, value in zip(("low", "high"), pair or ()):
+            if value is not None and math.isfinite(value):
+                expected[name.format(end)] = value
+    thresholds = {w: fit["threshold"] for w, fit in summary["widths"].items()}
+    if None not in thresholds.values():
+        expected["threshold_diff_w16_w32"] = thresholds["32"] - thresholds["16"]
+    assert any("_ci_" in name for name in expected)
     assert expected and analysis.data.metrics == expected and parent.data.metrics == expected
 
     mlflow.set_tracking_uri(store["uri"])

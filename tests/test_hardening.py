@@ -342,12 +342,12 @@ def test_a_hanging_loss_is_reported_by_the_probe_and_a_hanging_point_times_out(s
     probe_hang.write_text(textwrap.dedent(HANGING_LOSS.format(condition="True")))
     train_hang.write_text(textwrap.dedent(HANGING_LOSS.format(condition="logits.shape[0] == 64")))  # training only
     started = time.monotonic()
-    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,{probe_hang}", "--tracking-uri", store["uri"]],
+    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,{probe_hang}", "--grid", "seed=42", "--tracking-uri", store["uri"]],
                   store["dir"], timeout=300)
     assert proc.returncode == 2 and f"loss {str(probe_hang)!r}: the probe did not return within 30 s" in proc.stderr
     assert time.monotonic() - started < 30 + 30
 
-    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,{train_hang}", "--set", "epochs=2",
+    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,{train_hang}", "--grid", "seed=42", "--set", "epochs=2",
                    "--point-timeout", "10", "--tracking-uri", store["uri"], "--storage-path", store["ray"]],
                   store["dir"])
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -361,7 +361,7 @@ def test_a_contract_error_names_the_loss_that_broke_it(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("import torch\nclass RobustLoss:\n    def compute_loss(self, logits, labels, epoch):\n"
                       "        return logits.sum(1)\n")
-    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,generalized_ce,{broken}",
+    proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,generalized_ce,{broken}", "--grid", "seed=42",
                    "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path, timeout=120)
     assert proc.returncode == 2 and f"loss {str(broken)!r}: compute_loss returned a tensor of shape" in proc.stderr
     shutil.rmtree(tmp_path / "mlruns", ignore_errors=True)
@@ -371,7 +371,7 @@ def test_a_resumed_point_runs_the_loss_code_it_recorded_or_nothing(store, tmp_pa
     loss = tmp_path / "my_loss.py"
     loss.write_text("import torch.nn.functional as F\n\nclass RobustLoss:\n"
                     "    def compute_loss(self, logits, labels, epoch):\n        return F.cross_entropy(logits, labels)\n")
-    args = ["robust_loss", "--grid", f"loss={loss}", "--scale", "smoke", "--tracking-uri", store["uri"],
+    args = ["robust_loss", "--grid", f"loss={loss}", "--grid", "seed=42", "--scale", "smoke", "--tracking-uri", store["uri"],
             "--storage-path", store["ray"]]
     assert launch(args, store["dir"]).returncode == 0
     loss.write_text(loss.read_text().replace("(logits, labels)", "(logits, labels, label_smoothing=0.1)"))

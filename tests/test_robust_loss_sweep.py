@@ -52,7 +52,7 @@ def _children(uri, experiment="robust_loss"):
 def test_smoke_sweep_of_every_benchmark_with_a_user_loss(store, data_dir):
     my_loss = loss_file(store["dir"], "my_loss.py")
     out = store["dir"] / "leaderboard"
-    status = main("robust_loss", ["--grid", f"benchmark={BENCHMARKS}", "--grid", f"loss=cross_entropy,{my_loss}",
+    status = main("robust_loss", ["--grid", f"benchmark={BENCHMARKS}", "--grid", "seed=42", "--grid", f"loss=cross_entropy,{my_loss}",
                                   "--scale", "smoke", "--data-dir", str(data_dir), "--tracking-uri", store["uri"],
                                   "--storage-path", store["ray"], "--analyze", str(out)])
     assert status == 0
@@ -94,7 +94,7 @@ def test_a_trial_retried_from_its_checkpoint_continues_its_run_with_the_same_num
             marker.write_text("preempted")
             raise RuntimeError("simulated preemption in epoch 2")""").replace("\n", "\n        "))
     steady = loss_file(tmp_path, "steady.py")
-    common = ["--set", "epochs=4", "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+    common = ["--grid", "seed=42", "--set", "epochs=4", "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
     assert main("robust_loss", ["--grid", f"loss={flaky}", "--max-failures", "1", "--experiment", "retry", *common]) == 0
     assert marker.exists(), "the first attempt really failed"
     assert main("robust_loss", ["--grid", f"loss={steady}", "--experiment", "steady", "--system-metrics", "1",
@@ -116,7 +116,7 @@ def test_a_trial_retried_from_its_checkpoint_continues_its_run_with_the_same_num
 
 def test_a_loss_that_turns_nan_fails_its_trial_and_the_others_go_on(store, tmp_path):
     nan_loss = loss_file(tmp_path, "nan_later.py", extra='if epoch >= 2:\n            return logits.sum() * float("nan")')
-    status = main("robust_loss", ["--grid", f"loss=cross_entropy,{nan_loss}", "--set", "epochs=3",
+    status = main("robust_loss", ["--grid", f"loss=cross_entropy,{nan_loss}", "--grid", "seed=42", "--set", "epochs=3",
                                   "--tracking-uri", store["uri"], "--storage-path", store["ray"]])
     assert status == 1
     _, children = _children(store["uri"])

@@ -40,7 +40,7 @@ def test_random_search_samples_the_space_once_per_point_per_grid_point(store):
 
 def test_optuna_tunes_a_loss_hyperparameter_on_a_validation_split(store, capsys):
     args = ["--search", "optuna", "--num-samples", "4", "--space", "loss.q=uniform(0.1,1.0)", "--grid",
-            "loss=generalized_ce", "--metric", "val_acc", "--mode", "max", "--set", "epochs=3",
+            "loss=generalized_ce", "--grid", "seed=42", "--metric", "val_acc", "--mode", "max", "--set", "epochs=3",
             "--tracking-uri", store["uri"], "--storage-path", store["ray"], "--analyze", str(store["dir"] / "out")]
     assert main("robust_loss", args) == 0
     out = capsys.readouterr().out

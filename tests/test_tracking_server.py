@@ -45,7 +45,7 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         assert main("adversarial_scaling", ["--grid", "hidden_width=8", "--grid", "seed=1",
                                             "--set", "max_epochs=5", "--set", "epsilons=0.1",
                                             "--experiment", "adv-http", *common]) == 0
-        assert main("robust_loss", ["--grid", "loss=cross_entropy,generalized_ce", "--scale", "smoke",
+        assert main("robust_loss", ["--grid", "loss=cross_entropy,generalized_ce", "--grid", "seed=42", "--scale", "smoke",
                                     "--experiment", "rl-http", "--analyze", str(tmp_path / "rl"), *common]) == 0
         client = MlflowClient(server.uri)
         for experiment, n_points in (("ps-http", 2), ("adv-http", 2), ("rl-http", 2)):

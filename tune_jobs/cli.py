@@ -14,7 +14,7 @@ from analysis.common import exit_process  # noqa: F401  (the launchers exit thro
 from record.schema import DecodeError, decode, encode, type_name
 from record.store import StoreError, resolve_tracking_uri
 from tune_jobs.space import Dimension, SpaceError, parse_dimension
-from tune_jobs.study import BUILTIN_PACKAGE, Study
+from tune_jobs.study import BUILTIN_PACKAGE, SEEDS, Study
 
 
 class UsageError(ValueError):
@@ -90,6 +90,26 @@ class Launch:
         return len(self.points) if self.packed or self.search == "grid" else len(self.points) * self.num_samples
 
 
+def _seeds(text: str, also_grid: bool) -> tuple[int, ...]:
+    """``--seeds``: N (the first N of :data:`tune_jobs.study.SEEDS`) or an explicit comma-separated list."""
+    if also_grid:
+        raise UsageError("--seeds and --grid seed=... both set the seeds: give one")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if not numbers or any(n < 0 for n in numbers):
+        raise UsageError(f"--seeds must be a count N >= 1 or a list of seeds >= 0, got {text!r}")
+    if len(numbers) == 1 and "," not in text:
+        if not 1 <= numbers[0] <= len(SEEDS):
+            raise UsageError(f"--seeds N takes 1 <= N <= {len(SEEDS)}, got {numbers[0]}")
+        return SEEDS[:numbers[0]]
+    if len(set(numbers)) != len(numbers):
+        raise UsageError(f"--seeds repeats a seed: {text!r}")
+    return tuple(numbers)
+
+
 def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     dims = ", ".join(f"{d} (default {encode(v)})" for d, v in study.grid.items())
     fixed = ", ".join(f"{k}={encode(v)}" for k, v in study.defaults().items())
@@ -101,6 +121,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     g = parser.add_argument_group("grid and protocol")
     g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="replace one grid dimension's values (repeatable); keys are the MLflow param names")
+    if "seed" in study.grid:
+        g.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
+                       help="the seed dimension: the first N of the fixed list 42, 123, 7, 1, 2, 3, 4, 5, 6, 8, ... "
+                            "(--seeds 10: 42, 123, 7, 1, 2, 3, 4, 5, 6, 8), or these seeds (same as --grid seed=...)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one fixed protocol value (repeatable), e.g. --set epochs=50")
     t = parser.add_argument_group("tracking (MLflow)")
@@ -221,6 +245,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         if len(set(values)) != len(values):
             raise UsageError(f"--grid: {key} repeats a value: {value!r}")
         grid[key] = values
+    if getattr(args, "seeds", None) is not None:
+        grid["seed"] = _seeds(args.seeds, any(_split_assignment("--grid", t)[0] == "seed" for t in args.grid))
     fixed = study.defaults()
     opened: dict[str, Any] = {}
     for text in args.set:

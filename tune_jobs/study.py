@@ -26,6 +26,10 @@ from record import schema
 
 BUILTIN_PACKAGE = "tune_jobs.studies"
 
+#: The fixed seed list ``--seeds N`` takes the first N of: the papers' 42, 123, 7, then 1, 2, 3, ... (skipping
+#: those three), so "the same study with 10 seeds" means the same seeds everywhere.
+SEEDS: tuple[int, ...] = (42, 123, 7, *(s for s in range(1, 10_000) if s not in (7, 42, 123)))
+
 
 @dataclass(frozen=True)
 class Option:

@@ -61,7 +61,7 @@ STUDY = Study(
     grid={
         "benchmark": (DEFAULT_BENCHMARK,),
         "loss": tuple(BASELINE_LOSSES),
-        "seed": (42,),
+        "seed": (42, 123, 7),
     },
     run_point=run_point,
     short_names={"benchmark": "bench", "seed": "s"},
