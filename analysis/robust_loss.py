@@ -143,7 +143,8 @@ def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
                     from scipy.stats import t as student
 
                     half = student.ppf(0.975, len(series) - 1) * values.std(axis=0, ddof=1) / np.sqrt(len(series))
-                    ax.fill_between(np.arange(length), mean - half, mean + half, color=colors[loss], alpha=0.15, lw=0)
+                    ax.fill_between(np.arange(length), np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1),
+                                    color=colors[loss], alpha=0.15, lw=0)  # both metrics are shares: [0, 1]
             ax.set(title=f"{benchmark}: {metric} (mean over seeds; band: 95% CI)", xlabel="epoch", ylabel=metric)
         row[0].legend(fontsize=8)
     return {"curves.png": figure}
