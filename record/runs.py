@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from record.schema import (EXPERIMENT_KIND_TRAINING, KIND_POINT, KIND_SWEEP, TAG_EXPERIMENT_KIND, TAG_KIND,
-                           TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP)
+                           TAG_POINT, TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -58,12 +58,32 @@ def sweep_runs(client: MlflowClient, experiment_id: str, study: str | None = Non
     return search_all_runs(client, [experiment_id], query)
 
 
-def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_trial: str | None = None) -> list:
-    """A sweep's point runs (those one Ray trial computed, if given), newest first."""
+def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_trial: str | None = None,
+               status: str | None = None) -> list:
+    """A sweep's point runs (those one Ray trial computed, those with ``status``, if given), newest first."""
+    return search_all_runs(client, [experiment_id], _point_query(sweep_id, ray_trial, status))
+
+
+def point_statuses(client: MlflowClient, experiment_id: str, sweep_id: str) -> dict[str, set[str]]:
+    """Each point of a sweep with the statuses of its runs, read page by page (memory stays flat at any size)."""
+    found: dict[str, set[str]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], _point_query(sweep_id), max_results=1000, page_token=token)
+        for run in page:
+            found.setdefault(run.data.tags.get(TAG_POINT), set()).add(run.info.status)
+        token = page.token
+        if not token:
+            return found
+
+
+def _point_query(sweep_id: str, ray_trial: str | None = None, status: str | None = None) -> str:
     query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_KIND}` = '{KIND_POINT}'"
     if ray_trial is not None:
         query += f" and tags.`{TAG_RAY_TRIAL}` = '{ray_trial}'"
-    return search_all_runs(client, [experiment_id], query)
+    if status is not None:
+        query += f" and attributes.status = '{status}'"
+    return query
 
 
 def ui_link(tracking_uri: str, experiment_id: str) -> str:

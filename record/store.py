@@ -84,6 +84,27 @@ def prepare_store(uri: str) -> None:
             raise StoreError(f"the tracking store {db} is not readable and writable by this user") from None
     except OSError as error:
         raise StoreError(f"the tracking store {db} cannot be created: {error.strerror or error}") from None
+    write_ahead_log(db)
+
+
+def write_ahead_log(db: Path) -> None:
+    """Put the SQLite database in write-ahead-log mode (a setting the file keeps).
+
+    Ray trials write their points' runs at once; in SQLite's default mode a
+    reader blocks a writer and every commit rewrites a journal file, so a
+    writer that finds the file locked sleeps (1, 2, 5, 10 ... ms) while the
+    cores idle. With the log, readers never block the writer and a commit
+    is one append: 19 % more points per second at 2,000 short points here
+    (``benchmarks/scale.py``). The database must be on a local disk (as
+    SQLite's locking needs anyway); a file that refuses is left as it is.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from record import schema
-from record.runs import point_runs
+from record.runs import point_runs, point_statuses
 from record.store import StoreError
 
 _MAX_METRICS_PER_BATCH = 1000
@@ -170,7 +170,9 @@ class SweepWriter:
 
     def point_outcomes(self) -> tuple[set[str], set[str]]:
         """Points with a FINISHED run, and points whose runs FAILED with none finished."""
-        return self._outcomes(point_runs(self.client, self.experiment_id, self.sweep_id))
+        statuses = point_statuses(self.client, self.experiment_id, self.sweep_id)
+        finished = {point for point, seen in statuses.items() if "FINISHED" in seen}
+        return finished, {point for point, seen in statuses.items() if "FAILED" in seen} - finished
 
     def finished_runs(self) -> list:
         """The sweep's FINISHED point runs (stopped-early ones among them), newest first."""
@@ -189,16 +191,9 @@ class SweepWriter:
 
     def take_over(self) -> set[str]:
         """For ``--resume``: mark the runs a dead launch left RUNNING KILLED; returns the finished points."""
-        runs = point_runs(self.client, self.experiment_id, self.sweep_id)
-        for run in runs:
-            if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, "KILLED")
-        return self._outcomes(runs)[0]
-
-    @staticmethod
-    def _outcomes(runs: list) -> tuple[set[str], set[str]]:
-        finished = {r.data.tags.get(schema.TAG_POINT) for r in runs if r.info.status == "FINISHED"}
-        return finished, {r.data.tags.get(schema.TAG_POINT) for r in runs if r.info.status == "FAILED"} - finished
+        for run in point_runs(self.client, self.experiment_id, self.sweep_id, status="RUNNING"):
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return self.point_outcomes()[0]
 
     def abandon(self, status: str, reason: str) -> None:
         """End the parent run of a launch that stopped before its Ray trials ran, with ``reason`` as its error."""
@@ -219,9 +214,7 @@ class SweepWriter:
 
         With ``resume_run_id`` (the run holding the checkpoint of ``resumed_epoch``) that run is continued instead.
         """
-        for run in earlier:
-            if run.info.status == "RUNNING" and run.info.run_id != resume_run_id:
-                self.client.set_terminated(run.info.run_id, "KILLED")
+        self.kill_earlier(earlier, keep=resume_run_id)
         if resume_run_id is not None:  # a retried or resumed attempt continues its run (on this node now)
             self.client.update_run(resume_run_id, status="RUNNING")
             if schema.TAG_ERROR in self.client.get_run(resume_run_id).data.tags:
@@ -229,16 +222,33 @@ class SweepWriter:
             log_flat(self.client, resume_run_id, tags={schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial,
                                                        schema.TAG_RESUMED: resumed_epoch})
             return resume_run_id
+        run_id = self.create(point, ray_trial, run_name)
+        self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """The point's params (encoded) in as few writes as MLflow allows."""
+        log_flat(self.client, run_id, params=params)
+
+    def kill_earlier(self, earlier: Iterable, keep: str | None = None) -> None:
+        """Mark KILLED the ``earlier`` runs of a point left RUNNING (a dead attempt's), all but ``keep``."""
+        for run in earlier:
+            if run.info.status == "RUNNING" and run.info.run_id != keep:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def create(self, point: str, ray_trial: str, run_name: str | None = None) -> str:
+        """A RUNNING run for ``point`` with every tag of the record in one write (tags cost far less here than
+        in ``log_batch``); returns its id."""
         tags = {**self.provenance, schema.TAG_PARENT: self.sweep_id, schema.TAG_SWEEP: self.sweep_id,
                 schema.TAG_STUDY: self.study, schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: point,
                 schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point)
-        log_flat(self.client, run.info.run_id, params=params)
-        return run.info.run_id
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point).info.run_id
 
-    def finish(self, run_id: str, result: Result, logged: Mapping[str, float] | None = None) -> None:
-        """Log the result in batches and mark the run FINISHED (``logged``: see :func:`result_metrics`)."""
-        log_flat(self.client, run_id, params=result.params, metrics=result_metrics(result, logged))
+    def finish(self, run_id: str, result: Result, logged: Mapping[str, float] | None = None,
+               params: Mapping[str, Any] = ()) -> None:
+        """Log ``params`` and the result in batches and mark the run FINISHED (``logged``: see
+        :func:`result_metrics`): a run :meth:`create` just made is complete in four writes."""
+        log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=result_metrics(result, logged))
         if result.datasets:
             self.log_inputs(run_id, result.datasets)
         log_artifacts(self.client, run_id, result.artifacts)
@@ -332,8 +342,7 @@ class SweepWriter:
     def end_orphans(self, status: str, reason: str) -> int:
         """After a launch's Ray trials are all over: end the runs still RUNNING (their Ray trial died) with
         ``status`` and ``reason`` as their error; returns how many."""
-        orphans = [r for r in point_runs(self.client, self.experiment_id, self.sweep_id)
-                   if r.info.status == "RUNNING"]
+        orphans = point_runs(self.client, self.experiment_id, self.sweep_id, status="RUNNING")
         for run in orphans:
             self.client.set_terminated(run.info.run_id, status)
             self.client.set_tag(run.info.run_id, schema.TAG_ERROR, reason)

@@ -34,6 +34,7 @@ class PointProgress(tune.Callback):
         self.start = time.monotonic()
         self.done = 0
         self.total: int | None = None
+        self.finished: set[str] = set()  # points reported with a FINISHED run, in this launch
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         status = result.get("status")
@@ -47,6 +48,8 @@ class PointProgress(tune.Callback):
                             for t in trials if t.status == "TERMINATED")
         if status != "epoch":
             self.done += 1
+        if status in ("finished", "skipped"):  # a worker reports a point only once its run is FINISHED
+            self.finished.add(result.get("point"))
         shown = ", ".join(f"{k}={result[k]:.4g}" for k in self.metrics if isinstance(result.get(k), (int, float)))
         if status == "epoch":
             total = result.get("epochs_total")

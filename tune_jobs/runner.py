@@ -331,7 +331,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
             sweep, finished, lease = opening.result()
     import ray  # imported by _start_ray, after the loopback switch was set
 
-    interrupted, lost = False, None
+    interrupted, lost, reported = False, None, None
     try:
         _check_resources(launch)
         _check_cluster_storage(launch, sweep)
@@ -362,7 +362,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                 trials = [{"context": {**context, "n_points": len(pending), "point_dims": launch.point_dims},
                            "points": chunk} for chunk in chunks]
                 try:
-                    lost = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+                    lost, reported = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+                    reported = None if reported is None else reported | finished
                 except KeyboardInterrupt:
                     interrupted = True
     except BaseException as error:
@@ -376,7 +377,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                            f"lost: every point whose run is FINISHED there is recorded, the others run again with "
                            f"--resume {sweep.sweep_id} once the store answers")
     lease.release()
-    status = _close_sweep(launch, sweep, interrupted)
+    status = _close_sweep(launch, sweep, interrupted, reported)
     if launch.analyze_out:
         status = status or _analyze(launch, sweep.sweep_id)
     return status, sweep.sweep_id
@@ -391,8 +392,12 @@ def _abandon(sweep: SweepWriter, lease: Lease, error: BaseException) -> None:
                       f"{type(error).__name__}: {error}")
 
 
-def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
-    """Set the parent run's final status and say how many points finished; 0 when all did, else 1."""
+def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool, reported: set[str] | None = None) -> int:
+    """Set the parent run's final status and say how many points finished; 0 when all did, else 1.
+
+    ``reported``: the points this launch's Ray trials reported FINISHED; when they are all of the grid, the
+    record is not read back (at 10,000 points that read takes seconds), else it is the judge.
+    """
     study = launch.study
     ended = sweep.end_orphans("KILLED" if interrupted else "FAILED",
                               "the launch was interrupted while this point ran" if interrupted else
@@ -400,13 +405,16 @@ def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool) -> int:
     if ended:
         print(f"{study.name}: {ended} point run(s) whose Ray trial ended early marked "
               f"{'KILLED' if interrupted else 'FAILED'}", flush=True)
-    done_points, failed_points = sweep.point_outcomes()
+    all_points = {study.point_key(p, launch.point_dims) for p in launch.points}
+    if not launch.searching and reported is not None and all_points <= reported:
+        done_points, failed_points = all_points, set()  # no need to read every run back
+    else:
+        done_points, failed_points = sweep.point_outcomes()
     if launch.searching or launch.metric:
         _report_search(launch, sweep)
     if launch.searching:
         n_all, n_done = launch.n_points, min(len(done_points), launch.n_points)
     else:
-        all_points = {study.point_key(p, launch.point_dims) for p in launch.points}
         n_all, n_done = len(all_points), len(done_points & all_points)
     sweep.close(n_all, n_done, interrupted)
     print(f"{study.name}: {n_done}/{n_all} {'' if launch.searching else 'grid '}points finished in sweep "
@@ -488,14 +496,15 @@ def _restored(launch: Launch, experiment_path: str, trainable):
     return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
 
 
-def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str | None:
+def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> tuple[str | None, set[str] | None]:
     """Run the trials as a Ray Tune experiment at ``experiment_path``.
 
     If that experiment exists (a ``--resume`` on the machine that ran it), Ray
     Tune restores it: finished trials stay finished, interrupted and errored
     ones continue from their last checkpoint.  The progress callback is part
     of the restored state (see :mod:`tune_jobs.progress`).  Returns the error
-    if the tracking store stopped answering (which ends the run), else None.
+    if the tracking store stopped answering (which ends the run), else None, and the points the Ray trials
+    reported FINISHED (None for a restored experiment, whose callback is its own).
     """
     from ray import tune
 
@@ -504,8 +513,9 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
 
     study = launch.study
     trainable = tune.with_resources(run_points, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
-    tuner = _restored(launch, experiment_path, trainable)
+    tuner, progress = _restored(launch, experiment_path, trainable), None
     if tuner is None:
+        progress = PointProgress(study.metrics)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trials)},
@@ -513,11 +523,11 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> str 
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=os.path.basename(experiment_path), storage_path=os.path.dirname(experiment_path),
-                verbose=0, callbacks=[PointProgress(study.metrics)],
+                verbose=0, callbacks=[progress],
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures),
             ),
         )
-    return _fit(launch, tuner)
+    return _fit(launch, tuner), (progress.finished if progress is not None else None)
 
 
 def _fit(launch: Launch, tuner) -> str | None:

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from record.store import DEFAULT_STORE_DIR
+from record.store import DEFAULT_STORE_DIR, sqlite_path, write_ahead_log
 
 
 class TrackingServer:
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    database = sqlite_path(args.backend_store_uri)
+    if database is not None and database.parent.is_dir():  # the server's workers write at once, like Ray trials
+        write_ahead_log(database)
     server = TrackingServer(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                             args.allowed_hosts, log_file=store / "server.log",
                             auth_config=write_auth_config(store) if auth else None)

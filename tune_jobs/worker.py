@@ -1,4 +1,5 @@
-"""The Ray side of a sweep: a Tune function trainable (a Ray trial) computing a few grid points, one MLflow run each.
+"""The Ray side of a sweep: a Tune function trainable (a Ray trial) computing a few grid points, one MLflow run each
+(:class:`PointRun`: a short point's run is written whole when the point ends).
 
 Points an earlier attempt of the same Ray trial already finished are skipped,
 so retries and restores never duplicate a point; checkpointing studies get
@@ -158,12 +159,67 @@ def system_metrics(tracking_uri: str, run_id: str, interval: float):
             mlflow.end_run(mlflow.tracking.MlflowClient(tracking_uri).get_run(run_id).info.status)
 
 
+class PointRun:
+    """The MLflow run of one point, written when the point ends unless it is opened earlier.
+
+    A short point's run is written whole when it ends (four writes: tags, params and metrics, dataset
+    inputs, status), so the record shows no RUNNING run for a point of milliseconds. :meth:`open` creates
+    it RUNNING at once: the runner calls it for a point that has run :data:`OPEN_AFTER_S` (it then shows
+    in the MLflow UI while it trains, and a worker lost mid-point leaves it for the launch to mark FAILED),
+    and before anything that needs the run (system metrics, a model artifact). Thread-safe: the watchdog
+    opens it from its own thread.
+    """
+
+    OPEN_AFTER_S = 2.0
+
+    def __init__(self, writer: SweepWriter, point: str, params: dict[str, Any], ray_trial: str,
+                 run_name: str | None) -> None:
+        self.writer, self.point, self.params, self.ray_trial, self.run_name = writer, point, params, ray_trial, run_name
+        self.run_id: str | None = None
+        self._lock = threading.Lock()
+        self._params_logged = False
+
+    def open(self) -> str:
+        """The run, RUNNING with its tags and params (created now if not yet)."""
+        with self._lock:
+            if self.run_id is None:
+                self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
+            if not self._params_logged:
+                self.writer.log_params(self.run_id, self.params)
+                self._params_logged = True
+            return self.run_id
+
+    def adopt(self, run_id: str) -> str:
+        """Take ``run_id`` (opened by the caller, params logged) as the point's run; returns it."""
+        with self._lock:
+            self.run_id, self._params_logged = run_id, True
+            return run_id
+
+    def finish(self, result, logged: dict[str, float] | None = None) -> None:
+        """Log the result and mark the run FINISHED (params and result in one batch for a run not yet open;
+        ``logged``: see :func:`record.write.result_metrics`)."""
+        with self._lock:
+            if self.run_id is None:
+                self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
+            self.writer.finish(self.run_id, result, logged=logged, params={} if self._params_logged else self.params)
+            self._params_logged = True
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the run FAILED with the error (created with its params first if not yet open)."""
+        try:
+            self.open()
+        finally:
+            if self.run_id is not None:
+                self.writer.fail(self.run_id, error)
+
+
 class PointTimeout(TimeoutError):
     """A point ran longer than ``--point-timeout``."""
 
 
 class Watchdog:
-    """Fails the point running in this thread once it has run ``timeout`` seconds.
+    """Fails the point running in this thread once it has run ``timeout`` seconds (and calls ``on_long``, if
+    given, once it has run ``long_after`` seconds).
 
     It raises :class:`PointTimeout` in the point's thread (Python code stops at
     its next line); a point stuck in native code for a further ``grace``
@@ -171,14 +227,16 @@ class Watchdog:
     trial then errors, and the launch reports it).
     """
 
-    def __init__(self, timeout: float | None, on_stuck, grace: float = 30.0) -> None:
+    def __init__(self, timeout: float | None, on_stuck, grace: float = 30.0, on_long=None,
+                 long_after: float = PointRun.OPEN_AFTER_S) -> None:
         self.timeout, self.on_stuck, self.grace = timeout, on_stuck, grace
+        self.on_long, self.long_after = on_long, long_after
         self._thread_id = threading.get_ident()
         self._done = threading.Event()
         self._lock = threading.Lock()
 
     def __enter__(self) -> "Watchdog":
-        if self.timeout is not None:
+        if self.timeout is not None or self.on_long is not None:
             threading.Thread(target=self._watch, name="robustlab-point-timeout", daemon=True).start()
         return self
 
@@ -188,7 +246,18 @@ class Watchdog:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)  # none pending
 
     def _watch(self) -> None:
-        if self._done.wait(self.timeout):
+        waited = 0.0
+        if self.on_long is not None:
+            waited = self.long_after if self.timeout is None else min(self.long_after, self.timeout)
+            if self._done.wait(waited):
+                return
+            try:
+                self.on_long()
+            except Exception:  # noqa: BLE001 - the point's end writes its run (or reports a store that is gone)
+                pass
+            if self.timeout is None:
+                return
+        if self._done.wait(self.timeout - waited):
             return
         with self._lock:
             if self._done.is_set():
@@ -241,29 +310,32 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
                 tune.report({"point": point, "status": "skipped", "points_done": index + 1})
                 continue
             params = study.params(config)
-            hooks = (RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
-                                   params.get("epochs")) if study.checkpoints else None)
-            run_id = writer.start(point, params, ray_trial, earlier=earlier.get(point, ()),
-                                  resume_run_id=hooks.resumed_run_id if hooks else None,
-                                  resumed_epoch=hooks.resumed_epoch if hooks else None,
-                                  run_name=study.run_name(point))
+            run = PointRun(writer, point, params, ray_trial, study.run_name(point))
+            hooks = None
+            if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
+                hooks = RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
+                                      params.get("epochs"))
+                hooks.run_id = run.adopt(writer.start(point, params, ray_trial, earlier=earlier.get(point, ()),
+                                                      resume_run_id=hooks.resumed_run_id,
+                                                      resumed_epoch=hooks.resumed_epoch, run_name=run.run_name))
+            else:
+                writer.kill_earlier(earlier.get(point, ()))
             try:
-                if hooks is not None:
-                    hooks.run_id = run_id
                 point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
-                with (system_metrics(uri, run_id, context.get("system_metrics", 0)),
-                      Watchdog(context["point_timeout"], lambda error, run_id=run_id: writer.fail(run_id, error))):
+                interval = context.get("system_metrics", 0)
+                with (system_metrics(uri, run.open() if interval else None, interval),
+                      Watchdog(context["point_timeout"], run.fail, on_long=None if hooks else run.open)):
                     result = study.run_point(config, point_context)
                 study.check_result(result)
                 if context["log_models"] and result.model is not None:
-                    log_model(writer, run_id, result.model)
-                writer.finish(run_id, result, logged=hooks.last_logged if hooks else None)
+                    log_model(writer, run.open(), result.model)
+                run.finish(result, logged=hooks.last_logged if hooks else None)
                 if hooks is not None:
                     try:
-                        writer.drop_checkpoints(run_id, keep_latest=context["keep_checkpoints"])
+                        writer.drop_checkpoints(run.run_id, keep_latest=context["keep_checkpoints"])
                     except Exception as error:  # noqa: BLE001 - the point is recorded; a leftover only takes disk
-                        print(f"robustlab: point {point}: its checkpoints could not be deleted from run {run_id} "
-                              f"({type(error).__name__}: {error})", flush=True)
+                        print(f"robustlab: point {point}: its checkpoints could not be deleted from run "
+                              f"{run.run_id} ({type(error).__name__}: {error})", flush=True)
             except PointTimeout:
                 error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on
@@ -273,7 +345,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
             else:
                 tune.report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
                 continue
-            writer.fail(run_id, error)
+            run.fail(error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
             tune.report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
     except Exception as error:
