@@ -59,3 +59,21 @@ def test_importing_every_module_loads_nothing_across_the_layer(package, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert not loaded & FORBIDDEN[package], sorted(loaded & FORBIDDEN[package])
+
+
+LAUNCHER_IMPORTS = """
+import sys
+from tune_jobs.cli import parse_launch
+from tune_jobs.study import load_study
+import tune_jobs.runner, tune_jobs.worker, tune_jobs.progress, record.write
+launch = parse_launch(load_study("poison_sensitivity"), ["--tracking-uri", {uri!r}])
+print(len(launch.points), "torch" in sys.modules)
+"""
+
+
+def test_the_launcher_of_a_synthetic_study_never_loads_torch(tmp_path):
+    """torch (~220 MB, ~1.3 s) is for the Ray trials that compute points; the driver only builds configs."""
+    proc = subprocess.run([PYTHON, "-c", LAUNCHER_IMPORTS.format(uri=f"sqlite:///{tmp_path / 'm.db'}")],
+                          cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["81", "False"]

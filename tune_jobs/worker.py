@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from core.point import NO_HOOKS, PointContext, TrainedModel
-from core.training import select_device
 from record.schema import MODEL_WEIGHTS
 from record.store import store_gone
 from record.write import SweepWriter, checkpoint_note
@@ -294,6 +293,8 @@ def run_search_point(trial_config: dict[str, Any]) -> None:
 def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> None:
     """The points of one Ray trial, in order, each its own MLflow run."""
     from ray import tune
+
+    from core.training import select_device  # torch: here, not where the launcher imports this module
 
     uri = context["tracking_uri"]
     writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name, context.get("provenance", {}))

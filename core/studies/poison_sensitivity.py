@@ -11,16 +11,20 @@ optimizer) reuses them: :func:`poisoned_split` for the data,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from core.point import DataRecord, PointContext, PointResult, TrainedModel, generated
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
-from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
 from core.validation import check_int, check_real
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class PoisonedSplit:
 def poisoned_split(*, n_samples: int, n_features: int, n_classes: int, cluster_std: float, center_scale: float,
                    data_seed: int, train_fraction: float, poison_fraction: float, poison_seed: int) -> PoisonedSplit:
     """Generate the clusters, poison the full label vector, then split (the protocol's order)."""
+    import torch
+
     features, clean = gaussian_clusters(n_samples, n_features, n_classes, cluster_std, center_scale, data_seed)
     poisoned = random_label_flip(clean, poison_fraction, n_classes, poison_seed)
     order = np.random.RandomState(data_seed).permutation(n_samples)
@@ -106,6 +112,8 @@ def train(config: PoisonSensitivityConfig, split: PoisonedSplit,
           hidden_widths: tuple[int, ...] | None = None) -> tuple[nn.Module, list[float]]:
     """The MLP seeded with ``config.seed`` (one hidden layer of ``hidden_width`` unless ``hidden_widths`` says
     otherwise) trained with plain SGD; returns it and the per-epoch mean batch loss."""
+    from core.training import fit_mlp, seeded_mlp
+
     model = seeded_mlp(config.n_features, hidden_widths or (config.hidden_width,), config.n_classes, config.seed)
     losses = fit_mlp(model, split.train_inputs, split.train_labels, optimizer="sgd", lr=config.lr,
                      epochs=config.epochs, batch_size=config.batch_size, shuffle_seed=config.seed)
@@ -114,6 +122,8 @@ def train(config: PoisonSensitivityConfig, split: PoisonedSplit,
 
 def measure(model: nn.Module, split: PoisonedSplit, train_loss: list[float]) -> PointResult:
     """The study's metrics of a trained model: train (poisoned labels), clean-train and test accuracy, gen gap."""
+    from core.training import accuracy, predict
+
     train_predictions = predict(model, split.train_inputs)
     train_acc = accuracy(train_predictions, split.train_labels)
     test_acc = accuracy(predict(model, split.test_inputs), split.test_labels)
@@ -138,6 +148,8 @@ def dataset(config: PoisonSensitivityConfig) -> DataRecord:
 
 def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointResult:
     """Train one MLP on the poisoned split (with ``config.torch_threads`` threads) and measure it."""
+    from core.training import torch_threads
+
     with torch_threads(config.torch_threads):
         split = make_split(config)
         model, train_loss = train(config, split)
