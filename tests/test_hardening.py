@@ -379,3 +379,23 @@ def test_a_resumed_point_runs_the_loss_code_it_recorded_or_nothing(store, tmp_pa
     assert proc.returncode == 2 and "was run with loss_sha256=" in proc.stderr, proc.stderr[-2000:]
     assert statuses(store["uri"], "robust_loss", schema.KIND_SWEEP) == ["FINISHED"], "a refused resume changes nothing"
     assert statuses(store["uri"], "robust_loss") == ["FINISHED"]
+
+
+IMPORTED_RAY_FIRST = """
+import sys
+import ray  # a notebook or a test imported Ray before launching: Ray read its settings then
+from tune_jobs.runner import main
+print("STATUS", main("poison_sensitivity", sys.argv[1:]))
+"""
+
+
+def test_a_launch_from_a_process_that_imported_ray_first(store):
+    """Ray reads RAY_AUTH_MODE at import; the launcher must not hand its local Ray's processes a setting the
+    driver never read (a GCS in token mode that the driver cannot talk to: "Failed to start GCS")."""
+    args = [*SMALL, "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+    env = python_env()
+    env.pop("RAY_AUTH_MODE", None)
+    proc = subprocess.run([PYTHON, "-c", IMPORTED_RAY_FIRST, *args], cwd=store["dir"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert "STATUS 0" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert statuses(store["uri"], "poison_sensitivity") == ["FINISHED", "FINISHED"]

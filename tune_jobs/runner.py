@@ -71,7 +71,10 @@ def _start_ray(launch: Launch) -> None:
         # Ray pre-starts one idle task worker per CPU, which Tune's trial actors never use: ~0.7 s of CPU each.
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         # Token authentication, as a local Ray has by default, said explicitly: Ray then skips its start-up warning.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray reads it at import: a process that imported Ray before (a notebook, a test) keeps its own setting,
+        # which its local Ray's processes then inherit (a driver and a GCS that disagree cannot talk).
+        if "ray" not in sys.modules:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Tune's console output (a configuration box, a pointer to its own result files) tells nothing MLflow and
     # the launcher's progress lines do not; trial errors are still logged.
