@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
+from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, map_blocks
 from record.read import SweepRecord
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict
     for every size, the sigmoid refitted each time) of each size's threshold, k and gen gap at the largest
     fraction, and of every pairwise threshold difference (larger size minus smaller); None below 2 seeds or
     with an incomplete seed matrix.  A resample whose fit never reaches the midpoint has threshold +inf."""
-    from core.metrics import first_crossing, fit_descending_sigmoid
     from core.stats import percentile_interval, resampled_means, seed_draws
 
     acc, gap = seed_matrix(runs, size, "test_acc"), seed_matrix(runs, size, "gen_gap")
@@ -86,18 +85,9 @@ def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict
     draws = seed_draws(len(seeds), len(x))
     means = resampled_means(values, draws)  # (resamples, sizes, fractions)
     gaps = resampled_means(gap[3], draws)[:, :, -1]
-    thresholds = np.full(means.shape[:2], np.nan)
-    ks = np.full(means.shape[:2], np.nan)
-    for b in range(means.shape[0]):
-        for i, w in enumerate(sizes):
-            try:
-                fit = fit_descending_sigmoid(x, means[b, i], start=fits[int(w)].get("_fit"))
-            except (RuntimeError, ValueError):
-                continue
-            ks[b, i] = fit.k
-            if x[0] == 0.0:
-                found = first_crossing(fit, (means[b, i, 0] + chance) / 2.0, x_max=max(0.6, float(x[-1]) + 0.1))
-                thresholds[b, i] = np.inf if found is None else found
+    starts = [fits[int(w)].get("_fit") for w in sizes]
+    refits = map_blocks(_refit, means, x, starts, chance)  # 1,000 x sizes curve fits: the analysis's main cost
+    ks, thresholds = (np.concatenate([part[n] for part in refits]) for n in (0, 1))
     out = {"n_seeds": len(seeds), "n_resamples": int(means.shape[0]), "sizes": {}, "differences": {}}
     for i, w in enumerate(sizes):
         out["sizes"][int(w)] = {"threshold": percentile_interval(thresholds[:, i]), "k": percentile_interval(ks[:, i]),
@@ -108,6 +98,26 @@ def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict
                 diff = thresholds[:, j] - thresholds[:, i]
             out["differences"][(int(small), int(sizes[j]))] = percentile_interval(diff)
     return out
+
+
+def _refit(means: np.ndarray, x: np.ndarray, starts: list, chance: float) -> tuple[np.ndarray, np.ndarray]:
+    """k and threshold of the sigmoid refitted to each resample's means ``(resamples, sizes, fractions)``, each
+    size's fit starting from ``starts`` (NaN where a fit fails; +inf where it never reaches the midpoint)."""
+    from core.metrics import first_crossing, fit_descending_sigmoid
+
+    thresholds = np.full(means.shape[:2], np.nan)
+    ks = np.full(means.shape[:2], np.nan)
+    for b in range(means.shape[0]):
+        for i, start in enumerate(starts):
+            try:
+                fit = fit_descending_sigmoid(x, means[b, i], start=start)
+            except (RuntimeError, ValueError):
+                continue
+            ks[b, i] = fit.k
+            if x[0] == 0.0:
+                found = first_crossing(fit, (means[b, i, 0] + chance) / 2.0, x_max=max(0.6, float(x[-1]) + 0.1))
+                thresholds[b, i] = np.inf if found is None else found
+    return ks, thresholds
 
 
 def interval_findings(fits: dict[int, dict], boot: dict | None, label: str) -> list[str]:

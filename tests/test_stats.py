@@ -69,3 +69,21 @@ def test_one_seed_gives_no_interval_never_a_zero_width_one():
     adversarial = pd.DataFrame({"dataset": "circles", "hidden_width": [16, 32, 64], "seed": 1,
                                 "param_count": [354, 1218, 4482], "mean_fgsm_gap": [0.1, 0.2, 0.3]})
     assert seed_bootstrap(adversarial, "circles", "fgsm") is None
+
+
+def _rows_and_pid(block, scale):
+    import os
+
+    return block * scale, os.getpid()
+
+
+def test_map_blocks_splits_rows_over_processes_and_keeps_their_order():
+    import os
+
+    from analysis.common import map_blocks
+
+    items = np.arange(24.0).reshape(12, 2)
+    parts = map_blocks(_rows_and_pid, items, 3.0)
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), items * 3.0)
+    if len(os.sched_getaffinity(0)) > 1:
+        assert len({p[1] for p in parts}) == len(parts) > 1 and os.getpid() not in {p[1] for p in parts}
