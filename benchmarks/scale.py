@@ -8,8 +8,9 @@ For each size (a number of seeds of the study's default grid; poison_sensitivity
 (b) the same points in a plain in-process loop on one core (no Ray, no MLflow).
 
 Then the marginal end-to-end wall time per point between the first two sizes against the plain loop's time per
-point divided by the cores the launch used (issue 15's goal: <= 1.3x), and MLflow's own floor: CPU per run of
-create_run + one log_batch (15 params, 25 metric values) + set_terminated through the public client on SQLite.
+point divided by the cores the launch used (issue 15's goal: <= 1.3x), MLflow's own floor: CPU per run of
+create_run + one log_batch (15 params, 25 metric values) + set_terminated through the public client on SQLite,
+and the start-up: the driver's and a Ray worker's imports and a local Ray's start and stop, each in a fresh process.
 
     python benchmarks/scale.py                                    # poison_sensitivity: 81 and 810 points
     python benchmarks/scale.py --big                              # ... and 10,125 points (--set epochs=20)
@@ -95,6 +96,28 @@ def mlflow_floor(folder: Path, runs: int = 200) -> float:
     return (time.process_time() - started) / runs * 1000
 
 
+STARTUP = {  # what each process imports before its first point, run in a fresh interpreter
+    "driver imports (launcher, study, Ray Tune, MLflow)":
+        "import tune_jobs.runner, tune_jobs.progress, record.write; "
+        "from tune_jobs.study import load_study; load_study({study!r})",
+    "Ray worker imports (Ray Tune, torch, MLflow, the study)":
+        "import ray.tune, tune_jobs.worker, core.training; from tune_jobs.study import load_study; "
+        "load_study({study!r})",
+    "a local Ray's start and stop (ray.init + ray.shutdown)":
+        "import os; os.environ['RAY_AUTH_MODE'] = 'token'; os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'; "
+        "import ray; ray.init(include_dashboard=False, logging_level='ERROR'); ray.shutdown()",
+}
+
+
+def startup(study: str, folder: Path) -> list[tuple[str, float, float]]:
+    """Wall seconds and peak RSS (MB) of each :data:`STARTUP` step in a fresh process."""
+    rows = []
+    for what, code in STARTUP.items():
+        seconds, rss, _ = timed([sys.executable, "-c", code.format(study=study)], folder)
+        rows.append((what, seconds, rss))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="poison_sensitivity")
@@ -121,6 +144,7 @@ def main() -> None:
             print(f"    plain loop {loop:.1f} s for {n} points", flush=True)
             rows.append((n, " ".join(extra), e2e, loop, rss, store_mb, analysis, analysis_rss))
         floor = mlflow_floor(Path(tmp))
+        starts = startup(args.study, Path(tmp))
     print(f"\n{args.study} on {cores} cores (a Ray trial per core; plain loop on one core):\n")
     print("| points | settings | end to end | plain loop (1 core) | end to end per point | driver peak RSS | "
           "store | analysis | analysis peak RSS |")
@@ -136,6 +160,9 @@ def main() -> None:
               f"point / {cores} cores: {per_point * 1000:.1f} ms; ratio {marginal / per_point:.2f} (goal <= 1.3)")
         print(f"{n1} points end to end / plain loop: {e1 / l1:.2f}")
     print(f"MLflow's floor on SQLite: {floor:.1f} ms of CPU per run (create_run + log_batch + set_terminated)")
+    print("\nstart-up, each in a fresh process (the driver's and a worker's imports run side by side in a launch):")
+    for what, seconds, rss in starts:
+        print(f"    {what}: {seconds:.1f} s, peak RSS {rss:.0f} MB")
 
 
 if __name__ == "__main__":
