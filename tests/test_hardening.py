@@ -297,10 +297,15 @@ def test_the_team_server_refuses_a_taken_port_and_open_hosts_without_authenticat
             secured.wait(timeout=60)
 
 
+# Points that stay RUNNING long after their run opens (a point's run opens once it has run 2 s): the test kills or
+# interrupts the launch while one runs, and a slow poll on a busy machine must not find the launch already over.
+RUNNING_LONG = [*LONG[:-4], "--set", "epochs=60000", "--points-per-trial", "1"]
+
+
 def test_a_killed_ray_trial_and_ctrl_c_leave_nothing_running(store, tmp_path):
     uri, common = store["uri"], ["--tracking-uri", store["uri"], "--storage-path", store["ray"]]
     with open(tmp_path / "killed.log", "w+") as log:
-        driver = start([*LONG, "--experiment", "killed", *common], store["dir"], log)
+        driver = start([*RUNNING_LONG, "--experiment", "killed", *common], store["dir"], log)
         wait_for(lambda: "RUNNING" in statuses(uri, "killed"), 300, "a running point")
         workers = subprocess.run(["pgrep", "-s", str(driver.pid), "-f", "ray::ImplicitFunc"], capture_output=True,
                                  text=True).stdout.split()
@@ -316,7 +321,7 @@ def test_a_killed_ray_trial_and_ctrl_c_leave_nothing_running(store, tmp_path):
     assert statuses(uri, "killed", schema.KIND_SWEEP) == ["FAILED"]
 
     with open(tmp_path / "interrupted.log", "w+") as log:
-        driver = start([*LONG, "--experiment", "interrupted", *common], store["dir"], log)
+        driver = start([*RUNNING_LONG, "--experiment", "interrupted", *common], store["dir"], log)
         wait_for(lambda: "RUNNING" in statuses(uri, "interrupted"), 300, "a running point")
         os.kill(driver.pid, signal.SIGINT)
         assert driver.wait(timeout=120) == 1

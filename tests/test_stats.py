@@ -85,5 +85,5 @@ def test_map_blocks_splits_rows_over_processes_and_keeps_their_order():
     items = np.arange(24.0).reshape(12, 2)
     parts = map_blocks(_rows_and_pid, items, 3.0)
     assert np.array_equal(np.concatenate([p[0] for p in parts]), items * 3.0)
-    if len(os.sched_getaffinity(0)) > 1:
-        assert len({p[1] for p in parts}) == len(parts) > 1 and os.getpid() not in {p[1] for p in parts}
+    if len(os.sched_getaffinity(0)) > 1:  # one block per core, computed in other processes
+        assert len(parts) == min(len(os.sched_getaffinity(0)), 8) and os.getpid() not in {p[1] for p in parts}
