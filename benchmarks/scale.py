@@ -5,9 +5,10 @@ For each size (a number of seeds of the study's default grid; poison_sensitivity
 (a) end to end: ``python -m tune_jobs STUDY --seeds N`` in a fresh process (local Ray, a fresh SQLite store),
     with the launcher's peak RSS (its VmHWM, polled) and the store's size; then the analysis
     (``python -m analysis.STUDY --no-log``) timed with its peak RSS;
-(b) the same points in a plain in-process loop on one core (no Ray, no MLflow).
+(b) the same points in a plain in-process loop on one core (no Ray, no MLflow): each point's ``run_point``, and
+    for a study that computes a trial's points together (``run_points``) that too, trial by trial.
 
-Then the marginal end-to-end wall time per point between the first two sizes against the plain loop's time per
+Then the marginal end-to-end wall time per point between the first two sizes against each plain loop's time per
 point divided by the cores the launch used (issue 15's goal: <= 1.3x), MLflow's own floor: CPU per run of
 create_run + one log_batch (15 params, 25 metric values) + set_terminated through the public client on SQLite,
 and the start-up: the driver's and a Ray worker's imports and a local Ray's start and stop, each in a fresh process.
@@ -62,8 +63,10 @@ def timed(command: list[str], cwd: Path) -> tuple[float, float, str]:
     return elapsed, max(peaks, default=float("nan")), output
 
 
-def plain_loop(study_name: str, seeds: int, extra_set: list[str]) -> tuple[float, int]:
-    """Seconds to compute every point of ``--seeds seeds`` in sequence in this process, and how many there were."""
+def plain_loop(study_name: str, seeds: int, extra_set: list[str]) -> tuple[float, float | None, int]:
+    """Seconds to compute every point of ``--seeds seeds`` in sequence in this process (``run_point`` each), the
+    seconds to compute them in trials' chunks with the study's ``run_points`` (None if it has none: the points
+    in the runner's order, ``points_per_trial`` at a time), and how many points there were."""
     from core.point import PLAIN
     from tune_jobs.cli import parse_launch
     from tune_jobs.study import load_study
@@ -75,7 +78,14 @@ def plain_loop(study_name: str, seeds: int, extra_set: list[str]) -> tuple[float
     started = time.perf_counter()
     for config in points:
         study.run_point(config, PLAIN)
-    return time.perf_counter() - started, len(points)
+    alone = time.perf_counter() - started
+    if study.run_points is None:
+        return alone, None, len(points)
+    ordered = sorted(points, key=study.cost, reverse=True) if study.cost else points
+    started = time.perf_counter()
+    for first in range(0, len(ordered), study.points_per_trial):
+        study.run_points(ordered[first:first + study.points_per_trial], PLAIN)
+    return alone, time.perf_counter() - started, len(points)
 
 
 def mlflow_floor(folder: Path, runs: int = 200) -> float:
@@ -140,25 +150,30 @@ def main() -> None:
             analysis, analysis_rss, _ = timed([sys.executable, "-m", f"analysis.{args.study}", "--tracking-uri", uri,
                                                "--out", str(folder / "out"), "--no-log"], folder)
             print(f"    analysis {analysis:.1f} s, peak RSS {analysis_rss:.0f} MB; plain loop ...", flush=True)
-            loop, n = plain_loop(args.study, seeds, extra)
-            print(f"    plain loop {loop:.1f} s for {n} points", flush=True)
-            rows.append((n, " ".join(extra), e2e, loop, rss, store_mb, analysis, analysis_rss))
+            loop, together, n = plain_loop(args.study, seeds, extra)
+            print(f"    plain loop {loop:.1f} s for {n} points"
+                  + ("" if together is None else f"; computed together (run_points) {together:.1f} s"), flush=True)
+            rows.append((n, " ".join(extra), e2e, loop, together, rss, store_mb, analysis, analysis_rss))
         floor = mlflow_floor(Path(tmp))
         starts = startup(args.study, Path(tmp))
     print(f"\n{args.study} on {cores} cores (a Ray trial per core; plain loop on one core):\n")
-    print("| points | settings | end to end | plain loop (1 core) | end to end per point | driver peak RSS | "
-          "store | analysis | analysis peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, extra, e2e, loop, rss, store_mb, analysis, analysis_rss in rows:
-        print(f"| {n:,} | {extra or 'default'} | {e2e:.1f} s | {loop:.1f} s | {e2e / n * 1000:.0f} ms | {rss:.0f} MB | "
+    print("| points | settings | end to end | plain loop (1 core) | computed together (1 core) | "
+          "end to end per point | driver peak RSS | store | analysis | analysis peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, extra, e2e, loop, together, rss, store_mb, analysis, analysis_rss in rows:
+        print(f"| {n:,} | {extra or 'default'} | {e2e:.1f} s | {loop:.1f} s | "
+              f"{'-' if together is None else f'{together:.1f} s'} | {e2e / n * 1000:.0f} ms | {rss:.0f} MB | "
               f"{store_mb:.0f} MB | {analysis:.1f} s | {analysis_rss:.0f} MB |")
     if len(rows) >= 2 and rows[1][0] > rows[0][0]:
-        (n1, _, e1, l1, *_), (n2, _, e2, l2, *_) = rows[0], rows[1]
+        (n1, _, e1, l1, t1, *_), (n2, _, e2, l2, t2, *_) = rows[0], rows[1]
         marginal = (e2 - e1) / (n2 - n1)
-        per_point = l2 / n2 / cores
-        print(f"\nmarginal end to end per point ({n1} -> {n2}): {marginal * 1000:.1f} ms of wall time; plain loop per "
-              f"point / {cores} cores: {per_point * 1000:.1f} ms; ratio {marginal / per_point:.2f} (goal <= 1.3)")
-        print(f"{n1} points end to end / plain loop: {e1 / l1:.2f}")
+        for what, first, second in (("plain loop", l1, l2), ("computed together", t1, t2)):
+            if second is None:
+                continue
+            per_point = second / n2 / cores
+            print(f"\nmarginal end to end per point ({n1} -> {n2}): {marginal * 1000:.1f} ms of wall time; {what} per "
+                  f"point / {cores} cores: {per_point * 1000:.1f} ms; ratio {marginal / per_point:.2f} (goal <= 1.3)")
+            print(f"{n1} points end to end / {what}: {e1 / first:.2f}")
     print(f"MLflow's floor on SQLite: {floor:.1f} ms of CPU per run (create_run + log_batch + set_terminated)")
     print("\nstart-up, each in a fresh process (the driver's and a worker's imports run side by side in a launch):")
     for what, seconds, rss in starts:

@@ -126,3 +126,51 @@ def test_the_three_forms_of_a_study_reference_name_the_same_study(ref):
     from tune_jobs.study import load_study
 
     assert load_study(ref) is load_study("poison_sensitivity")
+
+
+BATCHING_STUDY = """
+    from dataclasses import dataclass
+
+    from core.point import PointResult
+    from tune_jobs.study import Study
+
+
+    @dataclass(frozen=True)
+    class Config:
+        x: int = 1
+
+
+    def run_point(config, context):
+        if config.x == 3:
+            raise ValueError("x=3 is refused")
+        return PointResult(metrics={"y": float(config.x)})
+
+
+    def run_points(configs, context):  # tells its results apart from run_point's, to show which one ran
+        if any(c.x == 3 for c in configs):
+            raise RuntimeError("one bad point spoils the batch")
+        return [PointResult(metrics={"y": 10.0 * c.x}) for c in configs]
+
+
+    STUDY = Study(name="batching", description="points computed together", config_type=Config,
+                  grid={"x": (1, 2, 3, 4)}, run_point=run_point, run_points=run_points, metrics=("y",),
+                  points_per_trial=2)
+"""
+
+
+def test_points_computed_together_are_recorded_one_run_each_and_a_failed_batch_runs_its_points_alone(
+        store, monkeypatch):
+    write_package(store["dir"], "batching_pkg", {"batching": BATCHING_STUDY})
+    monkeypatch.syspath_prepend(str(store["dir"]))
+    status = main("batching_pkg.batching", ["--max-concurrent", "1", "--tracking-uri", store["uri"],
+                                            "--storage-path", store["ray"]])
+    assert status == 1  # x=3 fails
+    client = MlflowClient(store["uri"])
+    runs = search_all_runs(client, [client.get_experiment_by_name("batching").experiment_id],
+                           f"tags.`{schema.TAG_KIND}` = '{schema.KIND_POINT}'")
+    by_x = {r.data.params["x"]: r for r in runs}
+    assert len(runs) == 4 and set(by_x) == {"1", "2", "3", "4"}
+    # Ray trials of two points: x=1,2 computed together; x=3,4's batch raised, so each ran alone
+    assert [by_x[x].data.metrics.get("y") for x in ("1", "2", "4")] == [10.0, 20.0, 4.0]
+    assert [by_x[x].info.status for x in ("1", "2", "3", "4")] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert by_x["3"].data.tags[schema.TAG_ERROR] == "ValueError: x=3 is refused"

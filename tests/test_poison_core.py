@@ -7,9 +7,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from core.poisoning import next_class_flip, random_label_flip
 from core.point import PLAIN
-from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_point, train
+from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_point, run_points, train
 from core.synthetic import gaussian_clusters
-from core.training import dataloader_epoch_order
+from core.training import dataloader_epoch_order, fit_mlp, fit_mlps_sgd, nll_mean, seeded_mlp, torch_threads
 
 
 def test_gaussian_clusters_statistics():
@@ -122,6 +122,42 @@ def test_fast_loop_is_bitwise_the_reference_loop_for_width_not_a_multiple_of_16(
     assert len(train_loss) == 4
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference_model.parameters()))
     assert run_point(config, PLAIN).metrics["test_acc"] == reference_acc
+
+
+def test_run_points_is_bitwise_run_point_for_every_config():
+    # shapes that batch (odd widths: outputs aligned unlike a contiguous stack), ones that run alone (two threads,
+    # a last batch too small for the batched GEMM), and data of another seed in the same batch
+    configs = [PoisonSensitivityConfig(poison_fraction=f, hidden_width=w, seed=s, data_seed=d, epochs=12)
+               for f in (0.0, 0.3) for w in (7, 32, 33) for s in (1, 5) for d in (42, 3)]
+    configs += [PoisonSensitivityConfig(hidden_width=20, epochs=12, torch_threads=2),
+                PoisonSensitivityConfig(hidden_width=2, epochs=12, n_samples=502),
+                PoisonSensitivityConfig(hidden_width=2, epochs=12, n_samples=502, seed=3)]
+    together = run_points(configs, PLAIN)
+    alone = [run_point(c, PLAIN) for c in configs]
+    assert together == alone
+    for a, b in zip(together, alone):
+        assert all(torch.equal(p, q) for p, q in zip(a.model.module.parameters(), b.model.module.parameters()))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 15, 16, 17, 30, 64, 257, 1000])
+def test_nll_mean_is_the_kernels_mean_to_the_bit(batch):
+    log_probs = torch.log_softmax(torch.randn(batch, 5, generator=torch.Generator().manual_seed(batch)) * 3, 1)
+    targets = torch.arange(batch) % 5
+    expected = torch.nn.functional.nll_loss(log_probs, targets)
+    assert torch.equal(nll_mean(log_probs.gather(1, targets[:, None])[:, 0]), expected)
+
+
+def test_fit_mlps_sgd_trains_deeper_mlps_as_fit_mlp_does():
+    split = make_split(PoisonSensitivityConfig(poison_fraction=0.1))
+    models = [seeded_mlp(10, (24, 16), 5, seed) for seed in (1, 2, 3)]
+    copies = [seeded_mlp(10, (24, 16), 5, seed) for seed in (1, 2, 3)]
+    with torch_threads(1):
+        losses = fit_mlps_sgd(models, torch.stack([split.train_inputs] * 3), torch.stack([split.train_labels] * 3),
+                              lr=0.05, epochs=5, batch_size=64, shuffle_seeds=[4, 5, 6])
+        expected = [fit_mlp(m, split.train_inputs, split.train_labels, optimizer="sgd", lr=0.05, epochs=5,
+                            batch_size=64, shuffle_seed=s) for m, s in zip(copies, (4, 5, 6))]
+    assert losses == expected
+    assert all(torch.equal(p, q) for a, b in zip(models, copies) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_same_config_same_numbers():

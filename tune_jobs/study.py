@@ -51,10 +51,14 @@ class Study:
                       ``ValueError`` naming them (:mod:`core.validation`).
     grid:             the swept dimensions (config field names) and their defaults.
     run_point:        ``(config, core.point.PointContext) -> core.point.PointResult``.
+    run_points:       optional ``(configs, context) -> results``: the points of one Ray
+                      trial computed at once (cheap points trained as one batched
+                      computation); result ``i`` must be ``run_point(configs[i])``'s,
+                      bit for bit.  If it raises, each point runs alone.
     metrics:          final metrics every point's result must carry (checked).
     analysis:         :class:`analysis.common.Analysis` (analyze and checks), or None.
     points_per_trial: at most this many grid points per Ray trial, computed in
-                      sequence (Ray's per-trial overhead is ~0.4 s; cheap points
+                      sequence or by ``run_points`` (Ray's per-trial overhead is ~0.4 s; cheap points
                       share a trial); fewer when that leaves Ray slots idle.
     checkpoints:      ``run_point`` uses ``context.hooks``: per-epoch metrics, and
                       checkpoints kept in the point's MLflow run that a retried
@@ -95,6 +99,7 @@ class Study:
     run_point: Callable[..., Any]
     metrics: tuple[str, ...]
     analysis: Analysis | None = None
+    run_points: Callable[[list[Any], Any], list[Any]] | None = None
     points_per_trial: int = 1
     checkpoints: bool = False
     log_models: bool = False

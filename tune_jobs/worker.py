@@ -291,7 +291,8 @@ def run_search_point(trial_config: dict[str, Any]) -> None:
 
 
 def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> None:
-    """The points of one Ray trial, in order, each its own MLflow run."""
+    """The points of one Ray trial, in order, each its own MLflow run (those a study's ``run_points`` can
+    compute together first computed at once)."""
     from ray import tune
 
     from core.training import select_device  # torch: here, not where the launcher imports this module
@@ -301,32 +302,39 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
     device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
     threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
+    interval = context.get("system_metrics", 0)
     failures = []
     try:
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
         earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
+        pending = []
         for index, (point, config) in enumerate(points):
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
                 tune.report({"point": point, "status": "skipped", "points_done": index + 1})
-                continue
-            params = study.params(config)
-            run = PointRun(writer, point, params, ray_trial, study.run_name(point))
+            else:
+                pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial,
+                                                                 study.run_name(point))))
+        together = {}
+        if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
+            together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))
+        for index, point, config, run in pending:
             hooks = None
             if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
                 hooks = RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
-                                      params.get("epochs"))
-                hooks.run_id = run.adopt(writer.start(point, params, ray_trial, earlier=earlier.get(point, ()),
+                                      run.params.get("epochs"))
+                hooks.run_id = run.adopt(writer.start(point, run.params, ray_trial, earlier=earlier.get(point, ()),
                                                       resume_run_id=hooks.resumed_run_id,
                                                       resumed_epoch=hooks.resumed_epoch, run_name=run.run_name))
             else:
                 writer.kill_earlier(earlier.get(point, ()))
             try:
-                point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
-                interval = context.get("system_metrics", 0)
-                with (system_metrics(uri, run.open() if interval else None, interval),
-                      Watchdog(context["point_timeout"], run.fail, on_long=None if hooks else run.open)):
-                    result = study.run_point(config, point_context)
+                result = together.get(point)
+                if result is None:
+                    point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
+                    with (system_metrics(uri, run.open() if interval else None, interval),
+                          Watchdog(context["point_timeout"], run.fail, on_long=None if hooks else run.open)):
+                        result = study.run_point(config, point_context)
                 study.check_result(result)
                 if context["log_models"] and result.model is not None:
                     log_model(writer, run.open(), result.model)
@@ -355,3 +363,25 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
         raise
     if failures:
         raise PointsFailed(f"{len(failures)} point(s) failed: " + "; ".join(failures))
+
+
+def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, str, Any, PointRun]],
+                      point_context: PointContext) -> dict[str, Any]:
+    """The results of ``study.run_points`` over the pending points, by point; none if it raised (each point
+    then runs alone, so an error or a timeout is the point's own).  ``--point-timeout`` bounds the whole
+    computation by the points' total; their runs open RUNNING once it has run :data:`PointRun.OPEN_AFTER_S`."""
+    runs = [run for _, _, _, run in pending]
+    timeout = context["point_timeout"]
+    try:
+        with Watchdog(None if timeout is None else timeout * len(runs), lambda error: [run.fail(error) for run in runs],
+                      on_long=lambda: [run.open() for run in runs]):
+            results = study.run_points([config for _, _, config, _ in pending], point_context)
+            if len(results) != len(pending):
+                raise ValueError(f"run_points returned {len(results)} results for {len(pending)} points")
+    except Exception as error:  # noqa: BLE001 - PointTimeout included: the points run alone instead
+        if store_gone(context["tracking_uri"]):
+            raise
+        print(f"robustlab: {len(runs)} points computed together failed ({type(error).__name__}: {error}); "
+              "computing them one by one", flush=True)
+        return {}
+    return {point: result for (_, point, _, _), result in zip(pending, results)}

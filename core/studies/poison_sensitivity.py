@@ -153,7 +153,41 @@ def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointRe
     with torch_threads(config.torch_threads):
         split = make_split(config)
         model, train_loss = train(config, split)
-        result = measure(model, split, train_loss)
+        return _result(config, model, split, train_loss)
+
+
+def run_points(configs: list[PoisonSensitivityConfig], context: PointContext) -> list[PointResult]:
+    """:func:`run_point` of each config, bit for bit, faster: one-thread points whose models and training
+    share a shape (they differ in poison fraction, seed or data) train as one batched computation
+    (:func:`core.training.fit_mlps_sgd`)."""
+    import torch
+
+    from core.training import fit_mlps_sgd, seeded_mlp, torch_threads
+
+    groups: dict[object, list[int]] = {}
+    for index, c in enumerate(configs):
+        shape = (c.hidden_width, c.n_samples, c.n_features, c.n_classes, c.train_fraction, c.epochs, c.lr, c.batch_size)
+        groups.setdefault(shape if c.torch_threads == 1 else index, []).append(index)
+    results: list[PointResult | None] = [None] * len(configs)
+    for members in groups.values():
+        if len(members) == 1:
+            results[members[0]] = run_point(configs[members[0]], context)
+            continue
+        batch = [configs[i] for i in members]
+        with torch_threads(1):
+            splits = [make_split(c) for c in batch]
+            models = [seeded_mlp(c.n_features, (c.hidden_width,), c.n_classes, c.seed) for c in batch]
+            losses = fit_mlps_sgd(models, torch.stack([s.train_inputs for s in splits]),
+                                  torch.stack([s.train_labels for s in splits]), lr=batch[0].lr, epochs=batch[0].epochs,
+                                  batch_size=batch[0].batch_size, shuffle_seeds=[c.seed for c in batch])
+            for i, c, split, model, loss in zip(members, batch, splits, models, losses):
+                results[i] = _result(c, model, split, loss)
+    return results
+
+
+def _result(config: PoisonSensitivityConfig, model: nn.Module, split: PoisonedSplit,
+            train_loss: list[float]) -> PointResult:
+    result = measure(model, split, train_loss)
     result.datasets = (dataset(config),)
     result.model = TrainedModel("mlp", {"in_features": config.n_features, "hidden_widths": [config.hidden_width],
                                         "num_classes": config.n_classes}, model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from analysis.poison_sensitivity import ANALYSIS
-from core.studies.poison_sensitivity import PoisonSensitivityConfig, run_point
+from core.studies.poison_sensitivity import PoisonSensitivityConfig, run_point, run_points
 from tune_jobs.study import Study
 
 STUDY = Study(
@@ -17,6 +17,7 @@ STUDY = Study(
         "seed": (42, 123, 7),
     },
     run_point=run_point,
+    run_points=run_points,
     short_names={"poison_fraction": "pf", "hidden_width": "w", "seed": "s"},
     analysis=ANALYSIS,
     metrics=("train_acc", "train_clean_acc", "test_acc", "gen_gap", "final_train_loss"),
