@@ -159,7 +159,7 @@ BATCHING_STUDY = """
 
 
 def test_points_computed_together_are_recorded_one_run_each_and_a_failed_batch_runs_its_points_alone(
-        store, monkeypatch):
+        store, monkeypatch, capsys):
     write_package(store["dir"], "batching_pkg", {"batching": BATCHING_STUDY})
     monkeypatch.syspath_prepend(str(store["dir"]))
     status = main("batching_pkg.batching", ["--max-concurrent", "1", "--tracking-uri", store["uri"],
@@ -174,3 +174,7 @@ def test_points_computed_together_are_recorded_one_run_each_and_a_failed_batch_r
     assert [by_x[x].data.metrics.get("y") for x in ("1", "2", "4")] == [10.0, 20.0, 4.0]
     assert [by_x[x].info.status for x in ("1", "2", "3", "4")] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
     assert by_x["3"].data.tags[schema.TAG_ERROR] == "ValueError: x=3 is refused"
+    # one console line per point, those computed together (reported to Ray Tune as one result) too
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\[\d/4 ", line)]
+    assert [re.sub(r"^\[(\d)/4 .*?\] (\w+) +(x=\d).*", r"\1 \2 \3", line) for line in lines] == [
+        "1 finished x=1", "2 finished x=2", "3 failed x=3", "4 finished x=4"]

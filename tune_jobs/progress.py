@@ -17,6 +17,8 @@ from ray import tune
 
 #: The status a Ray trial reports when the tracking store stopped answering.
 TRACKING_LOST = "tracking_lost"
+#: The status of one Ray Tune result carrying several points' outcomes (``outcomes``: each as reported alone).
+POINTS = "points"
 
 
 class TrackingLostError(RuntimeError):
@@ -37,6 +39,10 @@ class PointProgress(tune.Callback):
         self.finished: set[str] = set()  # points reported with a FINISHED run, in this launch
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        for outcome in result["outcomes"] if result.get("status") == POINTS else (result,):
+            self._outcome(trials, trial, outcome)
+
+    def _outcome(self, trials, trial, result) -> None:
         status = result.get("status")
         if status is None:
             return
