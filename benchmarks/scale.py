@@ -15,6 +15,7 @@ and the start-up: the driver's and a Ray worker's imports and a local Ray's star
 
     python benchmarks/scale.py                                    # poison_sensitivity: 81 and 810 points
     python benchmarks/scale.py --big                              # ... and 10,125 points (--set epochs=20)
+    python benchmarks/scale.py --big --keep /tmp/scale            # the same, keeping each size's store
     python benchmarks/scale.py --study adversarial_scaling --seeds 3,6
 """
 
@@ -133,14 +134,16 @@ def main() -> None:
     parser.add_argument("--study", default="poison_sensitivity")
     parser.add_argument("--seeds", default="3,30", help="seed counts to run, the first two give the marginal cost")
     parser.add_argument("--big", action="store_true", help=f"also {BIG_SEEDS} seeds with {' '.join(BIG_SET)}")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each size's store here (DIR/seedsN/mlflow.db: open it with mlflow ui)")
     args = parser.parse_args()
     sizes = [(int(n), []) for n in args.seeds.split(",")] + ([(BIG_SEEDS, BIG_SET)] if args.big else [])
     cores = os.cpu_count() or 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seeds, extra in sizes:
-            folder = Path(tmp) / f"seeds{seeds}"
-            folder.mkdir()
+            folder = (args.keep or Path(tmp)) / f"seeds{seeds}"
+            folder.mkdir(parents=True)
             uri = f"sqlite:///{folder / 'mlflow.db'}"
             print(f"{args.study} --seeds {seeds} {' '.join(extra)}: end to end ...", flush=True)
             e2e, rss, _ = timed([sys.executable, "-m", "tune_jobs", args.study, "--seeds", str(seeds), *extra,
