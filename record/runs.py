@@ -57,17 +57,23 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
-    """Every run matching the filter (all pages), newest first."""
-    runs, token = [], None
-    with cyclic_gc_paused():
-        while True:
+def iter_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterator:
+    """Every run matching the filter, newest first, read 1,000 at a time (Python's cyclic GC paused while MLflow
+    builds each page: :func:`cyclic_gc_paused`)."""
+    token = None
+    while True:
+        with cyclic_gc_paused():
             page = client.search_runs(experiment_ids, filter_string, max_results=1000,
                                       order_by=["attribute.start_time DESC"], page_token=token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list:
+    """Every run matching the filter (all pages), newest first."""
+    return list(iter_runs(client, experiment_ids, filter_string))
 
 
 def sweep_runs(client: MlflowClient, experiment_id: str, study: str | None = None) -> list:
@@ -87,14 +93,9 @@ def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_tria
 def point_statuses(client: MlflowClient, experiment_id: str, sweep_id: str) -> dict[str, set[str]]:
     """Each point of a sweep with the statuses of its runs, read page by page (memory stays flat at any size)."""
     found: dict[str, set[str]] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], _point_query(sweep_id), max_results=1000, page_token=token)
-        for run in page:
-            found.setdefault(run.data.tags.get(TAG_POINT), set()).add(run.info.status)
-        token = page.token
-        if not token:
-            return found
+    for run in iter_runs(client, [experiment_id], _point_query(sweep_id)):
+        found.setdefault(run.data.tags.get(TAG_POINT), set()).add(run.info.status)
+    return found
 
 
 def _point_query(sweep_id: str, ray_trial: str | None = None, status: str | None = None) -> str:

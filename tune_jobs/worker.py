@@ -303,16 +303,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
     threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
     interval = context.get("system_metrics", 0)
-    failures, outcomes = [], []
-
-    def report(outcome: dict[str, Any], now: bool = True) -> None:
-        """Tell the driver a point's outcome; ``now=False`` holds it for the next one sent (a Ray Tune result
-        costs the driver ~1.6 ms of CPU: points recorded together are reported together)."""
-        outcomes.append(outcome)
-        if now:
-            tune.report(outcomes[0] if len(outcomes) == 1 else {"status": POINTS, "outcomes": list(outcomes)})
-            outcomes.clear()
-
+    failures, reports = [], _Reports()
     try:
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
@@ -320,15 +311,16 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
         pending = []
         for index, (point, config) in enumerate(points):
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
-                report({"point": point, "status": "skipped", "points_done": index + 1}, now=False)
+                reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
                 pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial,
                                                                  study.run_name(point))))
         together = {}
         if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
             together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))
-        for number, (index, point, config, run) in enumerate(pending, 1):
-            now = point not in together or number == len(pending) or pending[number][1] not in together
+        if not together:  # the skipped points' outcomes go now, each computed point's as it ends
+            reports.release()
+        for index, point, config, run in pending:
             hooks = None
             if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
                 hooks = RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
@@ -362,19 +354,42 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
                     raise
                 error = raised
             else:
-                report({"point": point, "status": "finished", "points_done": index + 1, **result.metrics}, now)
+                reports.send({"point": point, "status": "finished", "points_done": index + 1, **result.metrics})
                 continue
             run.fail(error)
             failures.append(f"{point}: {type(error).__name__}: {error}")
-            report({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]}, now)
-        if outcomes:
-            report(outcomes.pop(), now=True)
+            reports.send({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
+        reports.release()
     except Exception as error:
         if store_gone(uri):
             tune.report({"status": TRACKING_LOST, "error": f"{type(error).__name__}: {error}"[:500]})
         raise
     if failures:
         raise PointsFailed(f"{len(failures)} point(s) failed: " + "; ".join(failures))
+
+
+class _Reports:
+    """Points' outcomes for the driver, held from the start until :meth:`release`, then sent one Ray Tune result
+    each. Held ones go as one result (``status`` :data:`tune_jobs.progress.POINTS`): a Ray Tune result costs the
+    driver ~1.6 ms of CPU, so points recorded together are reported together."""
+
+    def __init__(self) -> None:
+        self._held: list[dict[str, Any]] | None = []
+
+    def send(self, outcome: dict[str, Any]) -> None:
+        from ray import tune
+
+        if self._held is None:
+            tune.report(outcome)
+        else:
+            self._held.append(outcome)
+
+    def release(self) -> None:
+        from ray import tune
+
+        held, self._held = self._held, None
+        if held:
+            tune.report(held[0] if len(held) == 1 else {"status": POINTS, "outcomes": held})
 
 
 def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, str, Any, PointRun]],
@@ -384,9 +399,17 @@ def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, s
     computation by the points' total; their runs open RUNNING once it has run :data:`PointRun.OPEN_AFTER_S`."""
     runs = [run for _, _, _, run in pending]
     timeout = context["point_timeout"]
+
+    def fail_all(error: BaseException) -> None:
+        for run in runs:
+            run.fail(error)
+
+    def open_all() -> None:
+        for run in runs:
+            run.open()
+
     try:
-        with Watchdog(None if timeout is None else timeout * len(runs), lambda error: [run.fail(error) for run in runs],
-                      on_long=lambda: [run.open() for run in runs]):
+        with Watchdog(None if timeout is None else timeout * len(runs), fail_all, on_long=open_all):
             results = study.run_points([config for _, _, config, _ in pending], point_context)
             if len(results) != len(pending):
                 raise ValueError(f"run_points returned {len(results)} results for {len(pending)} points")
