@@ -11,7 +11,8 @@ For each size (a number of seeds of the study's default grid; poison_sensitivity
 Then the marginal end-to-end wall time per point between the first two sizes against each plain loop's time per
 point divided by the cores the launch used (issue 15's goal: <= 1.3x), MLflow's own floor: CPU per run of
 create_run + one log_batch (15 params, 25 metric values) + set_terminated through the public client on SQLite,
-and the start-up: the driver's and a Ray worker's imports and a local Ray's start and stop, each in a fresh process.
+and the start-up: the driver's and a Ray worker's imports and a local Ray's start, one task and stop (with Ray's own
+settings and with the launcher's), each in a fresh process.
 
     python benchmarks/scale.py                                    # poison_sensitivity: 81 and 810 points
     python benchmarks/scale.py --big                              # ... and 10,125 points (--set epochs=20)
@@ -114,9 +115,13 @@ STARTUP = {  # what each process imports before its first point, run in a fresh 
     "Ray worker imports (Ray Tune, torch, MLflow, the study)":
         "import ray.tune, tune_jobs.worker, core.training; from tune_jobs.study import load_study; "
         "load_study({study!r})",
-    "a local Ray's start and stop (ray.init + ray.shutdown)":
+    "a local Ray's start, one task and stop, Ray's own settings":
         "import os; os.environ['RAY_AUTH_MODE'] = 'token'; os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'; "
-        "import ray; ray.init(include_dashboard=False, logging_level='ERROR'); ray.shutdown()",
+        "from tune_jobs.runner import LOCAL_RAY_INIT; import ray; ray.init(**LOCAL_RAY_INIT); "
+        "ray.get(ray.remote(lambda: 0).remote()); ray.shutdown()",
+    "a local Ray's start, one task and stop, the launcher's settings":
+        "from tune_jobs.runner import LOCAL_RAY_INIT, local_ray_settings; local_ray_settings(); "
+        "import ray; ray.init(**LOCAL_RAY_INIT); ray.get(ray.remote(lambda: 0).remote()); ray.shutdown()",
 }
 
 

@@ -394,6 +394,44 @@ print("STATUS", main("poison_sensitivity", sys.argv[1:]))
 """
 
 
+WAITING_STUDY = """
+from dataclasses import dataclass
+import time
+
+from core.point import PointResult
+from tune_jobs.study import Study
+
+
+@dataclass(frozen=True)
+class Config:
+    x: int = 1
+
+
+def run_point(config, context):
+    time.sleep(3)
+    return PointResult(metrics={"y": float(config.x)})
+
+
+STUDY = Study(name="waiting", description="Ray trials that wait for CPUs", config_type=Config,
+              grid={"x": (1, 2, 3)}, run_point=run_point, metrics=("y",), points_per_trial=1)
+"""
+
+
+def test_ray_trials_waiting_for_cpus_put_no_autoscaler_events_on_the_console(store):
+    """A local Ray runs Ray's v2 autoscaler monitor (v1's holds up every shutdown for a second); on one machine its
+    events only say that Ray trials wait for CPUs ("no node type fits them"), so the launch turns them off."""
+    (store["dir"] / "waiting_pkg").mkdir()
+    (store["dir"] / "waiting_pkg" / "__init__.py").write_text("")
+    (store["dir"] / "waiting_pkg" / "waiting.py").write_text(WAITING_STUDY)
+    env = python_env()
+    for name in ("RAY_enable_autoscaler_v2", "RAY_SCHEDULER_EVENTS"):  # set here by an earlier launch in this process
+        env.pop(name, None)
+    proc = launch(["waiting_pkg.waiting", "--cpus-per-trial", str(os.cpu_count()), "--tracking-uri", store["uri"],
+                   "--storage-path", store["ray"]], cwd=store["dir"], env=env)
+    assert proc.returncode == 0 and "3/3 grid points finished" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "(autoscaler" not in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
 def test_a_launch_from_a_process_that_imported_ray_first(store):
     """Ray reads RAY_AUTH_MODE at import; the launcher must not hand its local Ray's processes a setting the
     driver never read (a GCS in token mode that the driver cannot talk to: "Failed to start GCS")."""

@@ -63,18 +63,34 @@ def _plan_trials(points: list[Any], points_per_trial: int, slots: int) -> list[l
     return [points[a:b] for a, b in zip(starts, starts[1:])]
 
 
+def local_ray_settings() -> None:
+    """The environment a local Ray is started with (each setting only if the user set none)."""
+    # Read by Ray at import: keep every local Ray port on 127.0.0.1 (Ray binds all interfaces otherwise).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray pre-starts one idle task worker per CPU, which Tune's trial actors never use: ~0.7 s of CPU each.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    # Token authentication, as a local Ray has by default, said explicitly: Ray then skips its start-up warning.
+    # Ray reads it at import: a process that imported Ray before (a notebook, a test) keeps its own setting,
+    # which its local Ray's processes then inherit (a driver and a GCS that disagree cannot talk).
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray's v1 autoscaler monitor answers ray.shutdown's SIGTERM by writing to the GCS that Ray stopped
+        # first, and is killed a second later: every launch waited 1 s for it. The v2 monitor stops at once.
+        # Its events are noise on one machine (pending Ray trials read as "no node type fits them"); the
+        # driver reads that switch at import, hence both only here.
+        os.environ.setdefault("RAY_enable_autoscaler_v2", "1")
+        os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
+
+
+#: ``ray.init``'s arguments for a local Ray.
+LOCAL_RAY_INIT = {"include_dashboard": False, "configure_logging": True, "logging_level": "WARNING",
+                  "log_to_driver": True}
+
+
 def _start_ray(launch: Launch) -> None:
     """Join ``--address`` or start a local Ray on loopback, sized to this machine."""
     if launch.address is None:
-        # Read by Ray at import: keep every local Ray port on 127.0.0.1 (Ray binds all interfaces otherwise).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # Ray pre-starts one idle task worker per CPU, which Tune's trial actors never use: ~0.7 s of CPU each.
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-        # Token authentication, as a local Ray has by default, said explicitly: Ray then skips its start-up warning.
-        # Ray reads it at import: a process that imported Ray before (a notebook, a test) keeps its own setting,
-        # which its local Ray's processes then inherit (a driver and a GCS that disagree cannot talk).
-        if "ray" not in sys.modules:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        local_ray_settings()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Tune's console output (a configuration box, a pointer to its own result files) tells nothing MLflow and
     # the launcher's progress lines do not; trial errors are still logged.
@@ -89,7 +105,7 @@ def _start_ray(launch: Launch) -> None:
     # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if launch.address is None:
-        ray.init(include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True)
+        ray.init(**LOCAL_RAY_INIT)
     else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
         try:
             ray.init(address=launch.address, logging_level="WARNING",
