@@ -66,14 +66,16 @@ import sys
 from tune_jobs.cli import parse_launch
 from tune_jobs.study import load_study
 import tune_jobs.runner, tune_jobs.worker, tune_jobs.progress, record.write
-launch = parse_launch(load_study("poison_sensitivity"), ["--tracking-uri", {uri!r}])
+launch = parse_launch(load_study({study!r}), ["--tracking-uri", {uri!r}])
 print(len(launch.points), "torch" in sys.modules)
 """
 
 
-def test_the_launcher_of_a_synthetic_study_never_loads_torch(tmp_path):
+@pytest.mark.parametrize(("study", "n_points"), [("poison_sensitivity", 81), ("adversarial_scaling", 36)])
+def test_the_launcher_of_a_synthetic_study_never_loads_torch(study, n_points, tmp_path):
     """torch (~220 MB, ~1.3 s) is for the Ray trials that compute points; the driver only builds configs."""
-    proc = subprocess.run([PYTHON, "-c", LAUNCHER_IMPORTS.format(uri=f"sqlite:///{tmp_path / 'm.db'}")],
-                          cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    code = LAUNCHER_IMPORTS.format(study=study, uri=f"sqlite:///{tmp_path / 'm.db'}")
+    proc = subprocess.run([PYTHON, "-c", code], cwd=tmp_path, env=python_env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["81", "False"]
+    assert proc.stdout.split() == [str(n_points), "False"]

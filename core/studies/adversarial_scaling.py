@@ -27,17 +27,19 @@ groups each attack's in one section, one chart per epsilon), and histories
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from core import synthetic
-from core.attacks import fgsm, pgd
-from core.models import count_parameters
 from core.point import PointContext, PointResult, TrainedModel, generated
-from core.training import accuracy, fit_mlp, predict, seeded_mlp, torch_threads
 from core.validation import check_choice, check_int, check_real, check_reals
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
 
 DATASETS = {"circles": synthetic.circles, "moons": synthetic.moons}
 
@@ -91,6 +93,8 @@ class AdversarialScalingConfig:
 
 def make_data(config: AdversarialScalingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_test, y_test)``: float32 points, int64 labels, split in generated order."""
+    import torch
+
     x, y = DATASETS[config.dataset](config.n_samples, config.noise, config.seed)
     n_train = config.n_train
     return (
@@ -103,11 +107,15 @@ def make_data(config: AdversarialScalingConfig) -> tuple[torch.Tensor, torch.Ten
 
 def build_seeded_model(config: AdversarialScalingConfig) -> nn.Module:
     """The 2 -> h -> ReLU -> h -> ReLU -> 2 MLP initialised right after ``torch.manual_seed(seed)``."""
+    from core.training import seeded_mlp
+
     return seeded_mlp(2, (config.hidden_width,) * 2, 2, config.seed)
 
 
 def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, config: AdversarialScalingConfig) -> list[float]:
     """Train ``model`` in place with Adam and early stopping (:func:`core.training.fit_mlp`); the epoch losses."""
+    from core.training import fit_mlp
+
     return fit_mlp(model, x_train, y_train, optimizer="adam", lr=config.lr, epochs=config.max_epochs,
                    batch_size=config.batch_size, shuffle_seed=config.seed, patience=config.patience,
                    min_delta=config.min_delta)
@@ -123,11 +131,17 @@ def robustness_csv(epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap) -> str:
 
 def run_point(config: AdversarialScalingConfig, context: PointContext) -> PointResult:
     """Train one MLP on the config's data set (``config.torch_threads`` threads) and attack it at every epsilon."""
+    from core.training import torch_threads
+
     with torch_threads(config.torch_threads):
         return _run(config)
 
 
 def _run(config: AdversarialScalingConfig) -> PointResult:
+    from core.attacks import fgsm, pgd
+    from core.models import count_parameters
+    from core.training import accuracy, predict
+
     x_train, y_train, x_test, y_test = make_data(config)
     model = build_seeded_model(config)
     losses = train(model, x_train, y_train, config)
