@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tune_jobs.runner import local_ray_settings
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# Before any test module imports Ray (Ray reads some of these at import): a launch in this process starts its local
+# Ray as `python -m tune_jobs` does, the v2 autoscaler monitor included (v1's holds up each shutdown for a second).
+local_ray_settings()
 
 
 @pytest.fixture
