@@ -29,6 +29,7 @@ from record.store import (StoreError, TrackingUnavailable, check_reachable, prep
                           store_gone, store_lock)
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
 from tune_jobs.provenance import provenance_tags
+from tune_jobs.space import Shared
 from tune_jobs.study import load_study, study_ref
 
 if TYPE_CHECKING:
@@ -378,8 +379,8 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                   f"{len(chunks)} Ray trials, tracking {uri}, experiment {launch.experiment!r}, sweep "
                   f"{sweep.sweep_id}", flush=True)
             if pending:
-                trials = [{"context": {**context, "n_points": len(pending), "point_dims": launch.point_dims},
-                           "points": chunk} for chunk in chunks]
+                trials = [Shared(context={**context, "n_points": len(pending), "point_dims": launch.point_dims},
+                                 points=chunk) for chunk in chunks]
                 try:
                     lost, reported = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
                     reported = None if reported is None else reported | finished
@@ -586,7 +587,7 @@ def _run_search(launch: Launch, experiment_path: str, context: dict[str, Any]) -
     study = launch.study
     context = {**context, "n_points": launch.n_points, "space_keys": [d.key for d in launch.space],
                "point_dims": launch.point_dims}
-    bases = [asdict(cfg) for cfg in launch.points]
+    bases = [Shared(asdict(cfg)) for cfg in launch.points]
     trainable = tune.with_resources(run_search_point, {"cpu": launch.cpus_per_trial, "gpu": launch.gpus_per_trial})
     tuner = _restored(launch, experiment_path, trainable)
     if tuner is None:
