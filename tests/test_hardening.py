@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PYTHON, python_env
 from record import schema
 from record.runs import search_all_runs
+from test_own_study import write_package
 from test_tracking_server import free_port
 from tune_jobs.tracking_server import TrackingServer
 
@@ -420,9 +421,7 @@ STUDY = Study(name="waiting", description="Ray trials that wait for CPUs", confi
 def test_ray_trials_waiting_for_cpus_put_no_autoscaler_events_on_the_console(store):
     """A local Ray runs Ray's v2 autoscaler monitor (v1's holds up every shutdown for a second); on one machine its
     events only say that Ray trials wait for CPUs ("no node type fits them"), so the launch turns them off."""
-    (store["dir"] / "waiting_pkg").mkdir()
-    (store["dir"] / "waiting_pkg" / "__init__.py").write_text("")
-    (store["dir"] / "waiting_pkg" / "waiting.py").write_text(WAITING_STUDY)
+    write_package(store["dir"], "waiting_pkg", {"waiting": WAITING_STUDY})
     env = python_env()
     for name in ("RAY_enable_autoscaler_v2", "RAY_SCHEDULER_EVENTS"):  # set here by an earlier launch in this process
         env.pop(name, None)
