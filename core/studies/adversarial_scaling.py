@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
+# torch (large and slow to import) is imported by the functions that compute: the launcher builds and checks configs only
 
 DATASETS = {"circles": synthetic.circles, "moons": synthetic.moons}
 
@@ -113,8 +113,8 @@ def build_seeded_model(config: AdversarialScalingConfig) -> nn.Module:
 
 
 def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, config: AdversarialScalingConfig) -> list[float]:
-    """Train ``model`` in place with Adam and early stopping (:func:`core.training.fit_mlp`); the epoch losses."""
-    from core.training import fit_mlp
+    """Train ``model`` in place with Adam and early stopping (:func:`core.fast_mlp.fit_mlp`); the epoch losses."""
+    from core.fast_mlp import fit_mlp
 
     return fit_mlp(model, x_train, y_train, optimizer="adam", lr=config.lr, epochs=config.max_epochs,
                    batch_size=config.batch_size, shuffle_seed=config.seed, patience=config.patience,

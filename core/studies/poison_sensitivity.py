@@ -5,7 +5,7 @@ poisoned training split and measures train / clean-train / test accuracy.
 Protocol: ``docs/poison_sensitivity.md``.  Its pieces are functions
 with explicit arguments, so a variation (another model shape, another
 optimizer) reuses them: :func:`poisoned_split` for the data,
-:func:`core.training.fit_mlp` for the training, :func:`measure` for the metrics.
+:func:`core.fast_mlp.fit_mlp` for the training, :func:`measure` for the metrics.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
+# torch (large and slow to import) is imported by the functions that compute: the launcher builds and checks configs only
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def train(config: PoisonSensitivityConfig, split: PoisonedSplit,
           hidden_widths: tuple[int, ...] | None = None) -> tuple[nn.Module, list[float]]:
     """The MLP seeded with ``config.seed`` (one hidden layer of ``hidden_width`` unless ``hidden_widths`` says
     otherwise) trained with plain SGD; returns it and the per-epoch mean batch loss."""
-    from core.training import fit_mlp, seeded_mlp
+    from core.fast_mlp import fit_mlp
+    from core.training import seeded_mlp
 
     model = seeded_mlp(config.n_features, hidden_widths or (config.hidden_width,), config.n_classes, config.seed)
     losses = fit_mlp(model, split.train_inputs, split.train_labels, optimizer="sgd", lr=config.lr,
@@ -159,10 +160,11 @@ def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointRe
 def run_points(configs: list[PoisonSensitivityConfig], context: PointContext) -> list[PointResult]:
     """:func:`run_point` of each config, bit for bit, faster: one-thread points whose models and training
     share a shape (they differ in poison fraction, seed or data) train as one batched computation
-    (:func:`core.training.fit_mlps_sgd`)."""
+    (:func:`core.fast_mlp.fit_mlps_sgd`)."""
     import torch
 
-    from core.training import fit_mlps_sgd, seeded_mlp, torch_threads
+    from core.fast_mlp import fit_mlps_sgd
+    from core.training import seeded_mlp, torch_threads
 
     groups: dict[object, list[int]] = {}
     for index, c in enumerate(configs):
