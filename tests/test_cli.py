@@ -107,3 +107,16 @@ def test_seeds_take_the_first_n_of_the_documented_list_or_an_explicit_one():
                           (["--seeds", "3", "--grid", "seed=1"], "both set the seeds")):
         with pytest.raises(UsageError, match=message):
             parse_launch(STUDY, argv)
+
+
+def test_each_fields_rule_is_declared_once_and_shown_by_help():
+    """A config's RULES check its values (the message names the rule) and --help shows the same rule."""
+    from core.validation import field_rules
+    from tune_jobs.cli import build_parser
+
+    help_text = " ".join(build_parser(STUDY, "prog").format_help().split())
+    assert "epochs=200 (>= 1)" in help_text and "poison_fraction (default 0.0,0.01" in help_text
+    for name, rule in field_rules(STUDY.config_type).items():
+        assert f"{name}=" in help_text or f"{name} (default" in help_text
+        with pytest.raises(UsageError, match=f"{name} must be"):
+            parse_launch(STUDY, ["--grid" if name in STUDY.grid else "--set", f"{name}=-1000"])

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from analysis.common import exit_process  # noqa: F401  (the launchers exit through it too)
-from core.validation import check_int, check_real
+from core.validation import check_int, check_real, field_rules
 from record.schema import encode
 from record.store import StoreError, resolve_tracking_uri
 from tune_jobs.launch import Compute, Launch, Outputs, Tracking, UsageError
@@ -39,8 +39,14 @@ def _seeds(text: str, also_grid: bool) -> tuple[int, ...]:
 
 
 def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
-    dims = ", ".join(f"{d} (default {encode(v)})" for d, v in study.grid.items())
-    fixed = ", ".join(f"{k}={encode(v)}" for k, v in study.defaults().items())
+    rules = field_rules(study.config_type)
+
+    def rule(key: str) -> str:
+        return f"; {rules[key].describe()}" if key in rules else ""
+
+    dims = ", ".join(f"{d} (default {encode(v)}{rule(d)})" for d, v in study.grid.items())
+    fixed = ", ".join(f"{k}={encode(v)}" + (f" ({rule(k)[2:]})" if k in rules else "")
+                      for k, v in study.defaults().items())
     parser = argparse.ArgumentParser(
         prog=prog,
         description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",

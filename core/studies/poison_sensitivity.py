@@ -18,7 +18,7 @@ import numpy as np
 from core.point import DataRecord, PointContext, PointResult, TrainedModel, generated
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
-from core.validation import check_int, check_real
+from core.validation import Int, Real, check_fields
 
 if TYPE_CHECKING:
     import torch
@@ -46,20 +46,15 @@ class PoisonSensitivityConfig:
     batch_size: int = 64
     torch_threads: int = 1
 
+    RULES = {"poison_fraction": Real(0, 1), "hidden_width": Int(1), "seed": Int(0), "n_samples": Int(1),
+             "n_features": Int(1), "n_classes": Int(2), "cluster_std": Real(0, low_open=True), "center_scale": Real(0),
+             "data_seed": Int(0), "train_fraction": Real(0, 1, low_open=True, high_open=True), "epochs": Int(1),
+             "lr": Real(0, low_open=True), "batch_size": Int(1), "torch_threads": Int(1)}
+
     def __post_init__(self) -> None:
-        check_real("poison_fraction", self.poison_fraction, 0, 1)
-        check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
-        for name in ("hidden_width", "n_features", "epochs", "batch_size", "torch_threads"):
-            check_int(name, getattr(self, name), 1)
-        check_int("n_classes", self.n_classes, 2)
+        check_fields(self)
         if self.n_samples < self.n_classes:
             raise ValueError(f"n_samples must be >= n_classes ({self.n_classes}), got {self.n_samples!r}")
-        check_int("n_samples", self.n_samples, 1)
-        check_real("cluster_std", self.cluster_std, 0, low_open=True)
-        check_real("center_scale", self.center_scale, 0)
-        check_real("lr", self.lr, 0, low_open=True)
-        check_int("seed", self.seed, 0)
-        check_int("data_seed", self.data_seed, 0)
 
     @property
     def poison_seed(self) -> int:
