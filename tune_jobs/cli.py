@@ -13,6 +13,7 @@ from analysis.common import exit_process  # noqa: F401  (the launchers exit thro
 from core.validation import check_int, check_real, field_rules
 from record.schema import encode
 from record.store import StoreError, resolve_tracking_uri
+from tune_jobs.config_file import expand_config
 from tune_jobs.launch import Compute, Launch, Outputs, Tracking, UsageError
 from tune_jobs.search import parse_search, parse_value, split_assignment, with_points
 from tune_jobs.study import BUILTIN_PACKAGE, SEEDS, Study
@@ -38,20 +39,8 @@ def _seeds(text: str, also_grid: bool) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
-    rules = field_rules(study.config_type)
-
-    def rule(key: str) -> str:
-        return f"; {rules[key].describe()}" if key in rules else ""
-
-    dims = ", ".join(f"{d} (default {encode(v)}{rule(d)})" for d, v in study.grid.items())
-    fixed = ", ".join(f"{k}={encode(v)}" + (f" ({rule(k)[2:]})" if k in rules else "")
-                      for k, v in study.defaults().items())
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _protocol_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Grid and protocol: what to run."""
     g = parser.add_argument_group("grid and protocol")
     g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="replace one grid dimension's values (repeatable); keys are the MLflow param names")
@@ -64,6 +53,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                         "command line come after it")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one fixed protocol value (repeatable), e.g. --set epochs=50")
+
+
+def _tracking_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Tracking (MLflow): where the sweep is recorded."""
     t = parser.add_argument_group("tracking (MLflow)")
     t.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db "
@@ -80,6 +73,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                    help="give up on a tracking server that stops answering after about this long (default: "
                         "%(default)g; MLflow's own retries take up to a third of it, so a server back within "
                         "~30 s loses nothing); then the launch stops and says how to resume")
+
+
+def _compute_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Compute (Ray): what runs the points."""
     r = parser.add_argument_group("compute (Ray)")
     r.add_argument("--address", default=None,
                    help="join an existing Ray cluster ('auto' finds a local one); default: start a local Ray "
@@ -102,6 +99,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     r.add_argument("--wait-for-resources", action="store_true",
                    help="wait for a node that can hold a Ray trial (a cluster whose autoscaler adds nodes); "
                         "by default a request no node can meet exits with status 2 before any Ray trial")
+
+
+def _search_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Search and early stopping (Ray Tune)."""
     q = parser.add_argument_group("search and early stopping (Ray Tune)")
 
     def shown(text: str) -> str:  # the scheduler's flags, for studies that report every epoch (else refused)
@@ -131,6 +132,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     q.add_argument("--search-seed", type=int, default=0, metavar="N",
                    help="seed of the random sampler / Optuna's TPE (default: 0; the same launch samples the same "
                         "points)")
+
+
+def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """What each point leaves in its run, and the analysis after the sweep."""
     m = parser.add_argument_group("models, checkpoints and outputs")
     m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
                    help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
@@ -150,6 +155,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                    help=("after the sweep, run this study's analysis into DIR and its validation checks"
                          + (" (default: %(default)s)" if study.analyze_by_default else ""))
                    if study.analysis is not None else argparse.SUPPRESS)
+
+
+def _study_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """The study's own flags (aliases of --set, or switches for its prepare step)."""
     if study.options:
         s = parser.add_argument_group(f"{study.name} options")
         for option in study.options:
@@ -158,6 +167,26 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
             else:
                 s.add_argument(option.flag, dest=f"set_{option.field}", metavar=option.field.upper(), default=None,
                                help=option.help + f" (same as --set {option.field}=...)")
+
+
+def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
+    """The launcher's parser for ``study``: its grid and protocol (with each field's rule) first, then the flag
+    groups of :class:`tune_jobs.launch.Launch`."""
+    rules = field_rules(study.config_type)
+
+    def rule(key: str) -> str:
+        return f"; {rules[key].describe()}" if key in rules else ""
+
+    dims = ", ".join(f"{d} (default {encode(v)}{rule(d)})" for d, v in study.grid.items())
+    fixed = ", ".join(f"{k}={encode(v)}" + (f" ({rule(k)[2:]})" if k in rules else "")
+                      for k, v in study.defaults().items())
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for add in (_protocol_flags, _tracking_flags, _compute_flags, _search_flags, _output_flags, _study_flags):
+        add(parser, study)
     return parser
 
 
@@ -291,47 +320,3 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
                         checkpoint_every=_checkpoint_every(study, getattr(args, "checkpoint_every", None)),
                         keep_checkpoints=study.checkpoints and args.keep_checkpoints, analyze_out=args.analyze),
     )
-
-
-def expand_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--config FILE.yaml`` replaced by the flags it holds (keys: the flags' names; a mapping for ``grid``,
-    ``set`` and ``space``; lists for several values; true for a switch), before the other flags."""
-    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
-        return argv
-    import yaml
-
-    rest, path = [], None
-    items = iter(argv)
-    for arg in items:
-        if arg == "--config":
-            path = next(items, None)
-        elif arg.startswith("--config="):
-            path = arg.partition("=")[2]
-        else:
-            rest.append(arg)
-    try:
-        with open(path or "", encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise UsageError(f"--config {path}: {error}") from None
-    if not isinstance(loaded, dict):
-        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
-    known = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings if o.startswith("--")}
-    flags: list[str] = []
-    for key, value in loaded.items():
-        flag = known.get(str(key).replace("_", "-"))
-        if flag is None or flag == "--config":
-            raise UsageError(f"--config {path}: unknown key {key!r} (keys are the launcher's flags, e.g. grid, set, "
-                             "space, search, num_samples)")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                flags += [flag, f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"]
-        elif value is True:
-            flags.append(flag)
-        elif value is False:
-            if f"--no-{flag[2:]}" in known.values():
-                flags.append(f"--no-{flag[2:]}")
-        else:
-            for item in value if isinstance(value, list) else [value]:
-                flags += [flag, str(item)]
-    return flags + rest
