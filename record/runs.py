@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from record.schema import (EXPERIMENT_KIND_TRAINING, KIND_POINT, KIND_SWEEP, TAG_EXPERIMENT_KIND, TAG_KIND,
+from record.schema import (EXPERIMENT_KIND_TRAINING, KIND_SWEEP, POINT_FILTER, TAG_EXPERIMENT_KIND, TAG_KIND,
                            TAG_POINT, TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP)
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def point_statuses(client: MlflowClient, experiment_id: str, sweep_id: str) -> d
 
 
 def _point_query(sweep_id: str, ray_trial: str | None = None, status: str | None = None) -> str:
-    query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_KIND}` = '{KIND_POINT}'"
+    query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and {POINT_FILTER}"
     if ray_trial is not None:
         query += f" and tags.`{TAG_RAY_TRIAL}` = '{ray_trial}'"
     if status is not None:

@@ -7,14 +7,15 @@ Run layout (README, "Tracking schema"):
   ``robustlab.command``, ``robustlab.param_types``; params are the fixed
   protocol values and ``grid.<dim>`` lists;
 * one run per grid point (``mlflow.parentRunId`` = the sweep):
-  ``robustlab.kind=trial`` (the schema's word for a point's run since the
-  first release), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
+  ``robustlab.kind=point`` (``trial`` in stores written before schema version 2,
+  still read: :data:`POINT_FILTER` finds both), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
   ``robustlab.ray_trial``; flat params; final metrics at step 0 and histories
   with ``step`` = epoch (or the index the study documents); a training
   point's final model under ``model/`` (``state_dict.pt`` + ``model.json``);
   while it trains, its latest checkpoint under ``checkpoint/`` named by the
   ``robustlab.checkpoint`` tag (removed when the point finishes);
-* analysis runs nested under the sweep: ``robustlab.kind=analysis``.
+* analysis runs nested under the sweep: ``robustlab.kind=analysis``;
+* every run written since version 2 carries ``robustlab.schema_version``.
 
 Values are written as text by :func:`encode` and read back by :func:`decode`
 with the type recorded in ``robustlab.param_types`` (a JSON object: param ->
@@ -63,8 +64,14 @@ TAG_DATASET_CONTEXT = "mlflow.data.context"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 KIND_SWEEP = "sweep"
-KIND_POINT = "trial"
+KIND_POINT = "point"
+KIND_POINT_BEFORE = "trial"  # a point's run in stores written before schema version 2 (still read)
 KIND_ANALYSIS = "analysis"
+#: A point's run, of any schema version: neither a sweep nor an analysis run (MLflow's filter has no IN for tags).
+POINT_FILTER = f"tags.`{TAG_KIND}` != '{KIND_SWEEP}' and tags.`{TAG_KIND}` != '{KIND_ANALYSIS}'"
+#: The version of this layout, on every run written since it was introduced (none before: version 1).
+TAG_SCHEMA_VERSION = "robustlab.schema_version"
+SCHEMA_VERSION = "2"
 
 GRID_PREFIX = "grid."
 TRACEBACK_ARTIFACT = "error/traceback.txt"

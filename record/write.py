@@ -97,8 +97,8 @@ def create_sweep(client: MlflowClient, experiment_id: str, *, study: str, run_na
                  param_types: Mapping[str, str], provenance: Mapping[str, str] = (), note: str | None = None) -> str:
     """A new sweep's parent run (RUNNING): fixed values and ``grid.<dim>`` lists as params, ``provenance`` tags
     and ``note`` as its description; returns its id."""
-    tags = {schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_STUDY: study, schema.TAG_COMMAND: command[:4000],
-            **dict(provenance)}
+    tags = {schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SCHEMA_VERSION: schema.SCHEMA_VERSION,
+            schema.TAG_STUDY: study, schema.TAG_COMMAND: command[:4000], **dict(provenance)}
     if note:
         tags[schema.TAG_NOTE] = note
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -240,7 +240,8 @@ class SweepWriter:
         """A RUNNING run for ``point`` with every tag of the record in one write (tags cost far less here than
         in ``log_batch``); returns its id."""
         tags = {**self.provenance, schema.TAG_PARENT: self.sweep_id, schema.TAG_SWEEP: self.sweep_id,
-                schema.TAG_STUDY: self.study, schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: point,
+                schema.TAG_STUDY: self.study, schema.TAG_KIND: schema.KIND_POINT,
+                schema.TAG_SCHEMA_VERSION: schema.SCHEMA_VERSION, schema.TAG_POINT: point,
                 schema.TAG_NODE: node_address(), schema.TAG_RAY_TRIAL: ray_trial}
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point).info.run_id
 
@@ -367,7 +368,7 @@ def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, st
     files as artifacts and the findings as metrics; the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each;
     non-finite values (a fit that failed) are left out."""
     tags = {**dict(provenance), schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
-            schema.TAG_KIND: schema.KIND_ANALYSIS}
+            schema.TAG_KIND: schema.KIND_ANALYSIS, schema.TAG_SCHEMA_VERSION: schema.SCHEMA_VERSION}
     run = client.create_run(experiment_id, tags=tags, run_name=f"analysis-{study}")
     now = int(time.time() * 1000)
     findings = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()

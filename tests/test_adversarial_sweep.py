@@ -4,6 +4,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
+from record import schema
 from record.runs import search_all_runs
 from tune_jobs.runner import main
 
@@ -17,7 +18,7 @@ def test_reduced_sweep_logs_per_epsilon_histories_and_analyses(store):
     assert status == 0  # sweep, analysis and validation checks all passed
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name("adversarial_scaling")
-    children = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'trial'")
+    children = search_all_runs(client, [experiment.experiment_id], schema.POINT_FILTER)
     assert len(children) == 12 and all(c.info.status == "FINISHED" for c in children)
     child = children[0]
     assert child.data.params["epsilons"] == "0.05,0.2"

@@ -52,7 +52,7 @@ def test_sixteen_concurrent_trials_on_the_default_store_lose_nothing(tmp_path):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("poison_sensitivity")
     assert experiment.artifact_location.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
-    runs = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'trial'")
+    runs = search_all_runs(client, [experiment.experiment_id], schema.POINT_FILTER)
     assert len(runs) == 16 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "train_loss")

@@ -17,7 +17,7 @@ from tune_jobs.runner import main
 def _children(uri, experiment="poison_sensitivity"):
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+    return search_all_runs(client, [experiment_id], schema.POINT_FILTER)
 
 
 def test_diverging_trials_end_failed_with_error_and_traceback(store, capsys):

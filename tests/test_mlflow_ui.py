@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import python_env
+from record import schema
 from record.runs import search_all_runs
 from test_tracking_server import free_port
 from tune_jobs.runner import main
@@ -78,7 +79,7 @@ def test_the_printed_link_opens_the_sweep_with_its_points_nested_and_findings_sh
     experiment = client.get_experiment_by_name("poison_sensitivity")
     [sweep] = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'sweep'")
     [analysis] = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'analysis'")
-    points = search_all_runs(client, [experiment.experiment_id], "tags.`robustlab.kind` = 'trial'")
+    points = search_all_runs(client, [experiment.experiment_id], schema.POINT_FILTER)
     assert len(points) == 18
 
     runs_page = visible_text(mlflow_ui + links[0], store["dir"] / "runs.png")

@@ -24,7 +24,7 @@ def test_reduced_sweep_tracked_and_analysed(store):
     experiment = client.get_experiment_by_name("ps-test")
     runs = search_all_runs(client, [experiment.experiment_id], "")
     parents = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == "trial"]
+    children = [r for r in runs if r.data.tags.get(schema.TAG_KIND) == schema.KIND_POINT]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     sweep_id = parents[0].info.run_id
     assert parents[0].data.params["grid.hidden_width"] == "16,32" and parents[0].data.params["epochs"] == "30"

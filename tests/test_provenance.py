@@ -45,7 +45,7 @@ def test_runs_carry_provenance_and_the_recorded_command_runs_again(store):
     link = f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
     assert link in proc.stdout, "the launch prints the UI link that opens the training runs"
     (parent,) = sweep_runs(client, experiment.experiment_id)
-    children = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = 'trial'")
+    children = search_all_runs(client, [experiment.experiment_id], schema.POINT_FILTER)
     commit, dirty = git_state(ROOT)
     for run in (parent, *children):
         tags = run.data.tags

@@ -46,7 +46,7 @@ def data_dir(tmp_path_factory):
 def _children(uri, experiment="robust_loss"):
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return client, search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+    return client, search_all_runs(client, [experiment_id], schema.POINT_FILTER)
 
 
 def test_smoke_sweep_of_every_benchmark_with_a_user_loss(store, data_dir):

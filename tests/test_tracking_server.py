@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PYTHON, python_env
 from analysis.common import run_analysis
 from analysis.poison_sensitivity import ANALYSIS as POISON_ANALYSIS
+from record import schema
 from record.runs import search_all_runs
 from tune_jobs.runner import main
 from tune_jobs.tracking_server import TrackingServer, _group_alive
@@ -50,18 +51,18 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         client = MlflowClient(server.uri)
         for experiment, n_points in (("ps-http", 2), ("adv-http", 2), ("rl-http", 2)):
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
-            trials = search_all_runs(client, [experiment_id], "tags.`robustlab.kind` = 'trial'")
+            trials = search_all_runs(client, [experiment_id], schema.POINT_FILTER)
             assert len(trials) == n_points and all(r.info.status == "FINISHED" for r in trials)
             assert all(r.data.params and r.data.metrics for r in trials)
         adv = search_all_runs(client, [client.get_experiment_by_name("adv-http").experiment_id],
-                                       "tags.`robustlab.kind` = 'trial'")[0]
+                                       schema.POINT_FILTER)[0]
         csv = client.download_artifacts(adv.info.run_id, "robustness.csv", str(tmp_path))
         assert open(csv).readline().startswith("epsilon,")
         analysis = search_all_runs(client, [client.get_experiment_by_name("ps-http").experiment_id],
                                             "tags.`robustlab.kind` = 'analysis'")
         assert {"summary.json", "accuracy_vs_poison.png"} <= {a.path for a in client.list_artifacts(analysis[0].info.run_id)}
         robust = search_all_runs(client, [client.get_experiment_by_name("rl-http").experiment_id],
-                                          "tags.`robustlab.kind` = 'trial'")[0]
+                                          schema.POINT_FILTER)[0]
         assert "poisoned_indices.json" in {a.path for a in client.list_artifacts(robust.info.run_id)}
         assert len(client.get_metric_history(robust.info.run_id, "test_acc")) == 2
         assert (tmp_path / "server-artifacts").exists(), "artifacts went through the server's proxy"
