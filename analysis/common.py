@@ -302,11 +302,16 @@ def run_checks(checks: list[Check]) -> int:
 
 
 def group_stats(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; 0 for a single seed) and count of ``columns`` per group."""
+    """Mean, sample std (ddof=1; NaN for a group of one seed: there is none, and summary.json says null) and
+    count (``n_seeds``) of ``columns`` per group."""
     grouped = frame.groupby(by, sort=True)
     out = grouped[columns].mean().add_suffix("_mean")
-    std = grouped[columns].std(ddof=1).fillna(0.0).add_suffix("_std")
+    std = grouped[columns].std(ddof=1).add_suffix("_std")
     out = out.join(std)
     out["n_seeds"] = grouped.size()
     return out.reset_index()
 
+
+def mean_std(mean: float, std: float) -> str:
+    """A table cell ``mean ± std`` (3 decimals); the mean alone where there is no std (one seed: NaN)."""
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"

@@ -67,7 +67,8 @@ def test_a_sweep_written_by_the_old_code_is_read_by_the_new_analysis_to_the_digi
     common = ["--tracking-uri", uri, "--storage-path", str(work / "ray")]
     _run(["-m", "tune_jobs.poison_sensitivity", "--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "hidden_width=16",
           "--grid", "seed=1,2", "--set", "epochs=40", "--analyze", str(work / "old-ps"), *common], work, old)
-    _run(["-m", "tune_jobs.adversarial_scaling", "--grid", "hidden_width=16,32,64", "--grid", "seed=1",
+    # two seeds each: with one, the old code wrote a std of 0.000 where there is none (now: the mean alone, null)
+    _run(["-m", "tune_jobs.adversarial_scaling", "--grid", "hidden_width=16,32,64", "--grid", "seed=1,2",
           "--set", "max_epochs=30", "--set", "epsilons=0.05,0.2", "--analyze", str(work / "old-adv"), *common],
          work, old)
     from record.read import read_sweep
@@ -75,7 +76,7 @@ def test_a_sweep_written_by_the_old_code_is_read_by_the_new_analysis_to_the_digi
     for study in ("poison_sensitivity", "adversarial_scaling"):  # the old record: no types, read by inference
         sweep = read_sweep(study, uri)
         assert schema.TAG_PARAM_TYPES not in sweep.client.get_run(sweep.sweep_id).data.tags
-    assert sweep.grid == {"dataset": ("circles", "moons"), "hidden_width": (16, 32, 64), "seed": (1,)}
+    assert sweep.grid == {"dataset": ("circles", "moons"), "hidden_width": (16, 32, 64), "seed": (1, 2)}
     assert sweep.fixed["epsilons"] == (0.05, 0.2) and sweep.runs["hidden_width"].dtype.kind == "i"
     for study, table in (("poison_sensitivity", "sigmoid_fits"), ("adversarial_scaling", "robustness_by_width")):
         _run(["-m", f"analysis.{study}", "--tracking-uri", uri, "--out", str(work / f"new-{study}"), "--no-log",
