@@ -1,4 +1,4 @@
-"""Analyse an adversarial_scaling sweep from MLflow: ``python -m analysis.adversarial_scaling --help``.
+"""Analyse an adversarial_scaling sweep from MLflow: ``python -m analysis adversarial_scaling --help``.
 
 Per dataset and width: mean and std over seeds of clean accuracy and of the
 FGSM / PGD gaps averaged over epsilons; per dataset and attack: Pearson r
@@ -284,7 +284,8 @@ def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
 
 ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="robustness_by_width")
 
-if __name__ == "__main__":
-    from analysis.common import exit_process, run_analysis
+if __name__ == "__main__":  # the alias of `python -m analysis adversarial_scaling FLAGS`
+    from analysis.cli import main
+    from analysis.common import exit_process
 
-    exit_process(run_analysis(ANALYSIS, "adversarial_scaling"))
+    exit_process(main(study="adversarial_scaling", prog="python -m analysis.adversarial_scaling"))

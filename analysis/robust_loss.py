@@ -1,4 +1,4 @@
-"""The robust_loss leaderboard from MLflow: ``python -m analysis.robust_loss --help``.
+"""The robust_loss leaderboard from MLflow: ``python -m analysis robust_loss --help``.
 
 Rows are losses; per benchmark test_acc / poison_fit / robust_score as mean ±
 std over seeds; the last column is the mean robust_score across benchmarks.
@@ -196,7 +196,8 @@ def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
 
 ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="leaderboard")
 
-if __name__ == "__main__":
-    from analysis.common import exit_process, run_analysis
+if __name__ == "__main__":  # the alias of `python -m analysis robust_loss FLAGS`
+    from analysis.cli import main
+    from analysis.common import exit_process
 
-    exit_process(run_analysis(ANALYSIS, "robust_loss"))
+    exit_process(main(study="robust_loss", prog="python -m analysis.robust_loss"))

@@ -474,10 +474,14 @@ def _report_search(launch: Launch, sweep: SweepWriter) -> None:
 def _analyze(launch: Launch, sweep_id: str) -> int:
     """``--analyze DIR``: the study's analysis and validation of this sweep; its exit status."""
     from analysis.common import run_analysis
+    from record.read import SweepNotFound, read_sweep
 
-    argv = ["--experiment", launch.experiment, "--sweep-id", sweep_id, "--out", launch.analyze_out, "--validate",
-            "--tracking-uri", launch.tracking_uri]
-    return run_analysis(launch.study.analysis, launch.study.name, argv,
+    try:
+        sweep = read_sweep(launch.experiment, launch.tracking_uri, sweep_id, study=launch.study.name)
+    except SweepNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_analysis(launch.study.analysis, sweep, Path(launch.analyze_out), validate=True, log=True,
                         provenance=provenance_tags(launch.study_ref, launch.argv))
 
 
