@@ -1,4 +1,4 @@
-"""Analyse an adversarial_scaling sweep from MLflow: ``python -m analysis.adversarial_scaling --help``.
+"""Analyse an adversarial_scaling sweep from MLflow: ``python -m analysis adversarial_scaling --help``.
 
 Per dataset and width: mean and std over seeds of clean accuracy and of the
 FGSM / PGD gaps averaged over epsilons; per dataset and attack: Pearson r
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
+from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, mean_std
 from record.read import SweepRecord
 
 if TYPE_CHECKING:
@@ -225,9 +225,9 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
     evals = per_epsilon(sweep)
     table = pd.DataFrame([
         {"dataset": r.dataset, "width": r.hidden_width, "params": f"{r.param_count:,}",
-         "clean acc": f"{r.clean_acc_mean:.3f} ± {r.clean_acc_std:.3f}",
-         "mean FGSM gap": f"{r.mean_fgsm_gap_mean:.3f} ± {r.mean_fgsm_gap_std:.3f}",
-         "mean PGD gap": f"{r.mean_pgd_gap_mean:.3f} ± {r.mean_pgd_gap_std:.3f}", "seeds": r.n_seeds}
+         "clean acc": mean_std(r.clean_acc_mean, r.clean_acc_std),
+         "mean FGSM gap": mean_std(r.mean_fgsm_gap_mean, r.mean_fgsm_gap_std),
+         "mean PGD gap": mean_std(r.mean_pgd_gap_mean, r.mean_pgd_gap_std), "seeds": r.n_seeds}
         for r in by_width.itertuples(index=False)
     ])
     summary = {
@@ -284,7 +284,8 @@ def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
 
 ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="robustness_by_width")
 
-if __name__ == "__main__":
-    from analysis.common import exit_process, run_analysis
+if __name__ == "__main__":  # the alias of `python -m analysis adversarial_scaling FLAGS`
+    from analysis.cli import main
+    from analysis.common import exit_process
 
-    exit_process(run_analysis(ANALYSIS, "adversarial_scaling"))
+    exit_process(main(study="adversarial_scaling", prog="python -m analysis.adversarial_scaling"))

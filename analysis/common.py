@@ -1,4 +1,4 @@
-"""What every study's analysis shares: read a sweep back from MLflow, write and log the outputs, run checks.
+"""What every study's analysis shares: analyse a sweep read back from MLflow, write and log the outputs, run checks.
 
 Analyses read MLflow only (never Ray's result folders), so any past sweep in
 any tracking store can be analysed again.
@@ -6,12 +6,9 @@ any tracking store can be analysed again.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import importlib
 import json
 import math
-import pkgutil
 import shlex
 import sys
 from collections.abc import Callable
@@ -21,7 +18,7 @@ from typing import Any, NoReturn
 
 import pandas as pd
 
-from record.read import SweepNotFound, SweepRecord, read_sweep
+from record.read import SweepRecord
 from record.runs import ui_link
 
 
@@ -117,32 +114,6 @@ def write_outputs(output: AnalysisOutput, out_dir: Path, table_name: str) -> lis
     return paths
 
 
-def analysis_parser(study: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m analysis.{study}",
-        description=f"Analyse a {study} sweep read back from MLflow: summary.json, markdown and CSV tables, "
-                    "plots; the files are also logged as an analysis run nested under the sweep.",
-    )
-    parser.add_argument("--experiment", default=study, help="MLflow experiment name (default: %(default)s)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
-    parser.add_argument("--sweep-id", default=None, help="the sweep's parent run id (default: the latest sweep)")
-    parser.add_argument("--out", type=Path, default=Path("results") / study,
-                        help="output folder (default: %(default)s)")
-    parser.add_argument("--no-log", action="store_true", help="do not log the outputs back to MLflow")
-    parser.add_argument("--validate", action="store_true",
-                        help="also run the study's validation checks; exit 1 if any fails")
-    return parser
-
-
-def read_finished_sweep(study: str, experiment: str, tracking_uri: str | None, sweep_id: str | None) -> SweepRecord:
-    """The sweep to analyse; :class:`SweepNotFound` when there is none or it has no finished runs."""
-    sweep = read_sweep(experiment, tracking_uri, sweep_id, study=study)
-    if sweep.runs.empty:
-        raise SweepNotFound(f"sweep {sweep.sweep_id} in experiment {experiment!r} has no finished runs to analyse")
-    return sweep
-
-
 def search_view(sweep: SweepRecord):
     """For a search sweep with a ``--metric``: the metric against each searched key (one panel each; points a
     scheduler stopped drawn hollow at the value they reached, the best point ringed); else None."""
@@ -177,28 +148,36 @@ def search_view(sweep: SweepRecord):
     return figure
 
 
-def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None,
-                 provenance: dict[str, str] | None = None) -> int:
-    """Read, analyse, write, log and (``--validate``) check one sweep; the command's exit status.
+def has_runs(sweep: SweepRecord) -> bool:
+    """Whether the sweep has finished runs to analyse; if not, says so on stderr."""
+    if sweep.runs.empty:
+        print(f"error: sweep {sweep.sweep_id} in experiment {sweep.experiment!r} has no finished runs to analyse",
+              file=sys.stderr)
+    return not sweep.runs.empty
 
-    ``provenance``: the analysis run's context tags (a launch's ``--analyze`` gives its own), else this command's.
+
+def run_analysis(analysis: Analysis, sweep: SweepRecord, out: Path, *, validate: bool = False, log: bool = True,
+                 provenance: dict[str, str] | None = None) -> int:
+    """Analyse one sweep already read (:func:`record.read.read_sweep`), write its outputs to ``out``, log them
+    (``log``) as an analysis run under the sweep and (``validate``) run the study's checks; the exit status: 0,
+    1 when a check failed, 2 when the sweep has no finished runs to analyse.
+
+    ``provenance``: the analysis run's context tags (the command ``python -m analysis`` or a launch's
+    ``--analyze`` gives its own); None: those of the equivalent ``python -m analysis STUDY ...`` command.
     """
-    args = analysis_parser(study).parse_args(argv)
-    try:
-        sweep = read_finished_sweep(study, args.experiment, args.tracking_uri, args.sweep_id)
-    except SweepNotFound as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not has_runs(sweep):
         return 2
+    out = Path(out)
     output = analysis.analyze(sweep)
     search = search_view(sweep)
     if search is not None:
         output.figures["search.png"] = search
-    output.summary.update(study=study, experiment=args.experiment, sweep_id=sweep.sweep_id,
+    output.summary.update(study=sweep.study, experiment=sweep.experiment, sweep_id=sweep.sweep_id,
                           n_finished_runs=sweep.n_finished, n_expected_runs=sweep.expected_points,
                           missing_points=sweep.unfinished_points)
     if len(sweep.stopped):
         output.summary["n_stopped_early"] = len(sweep.stopped)
-    paths = write_outputs(output, args.out, table_name=analysis.table_name)
+    paths = write_outputs(output, out, table_name=analysis.table_name)
     print(markdown_table(output.table))
     print("\nFindings:\n" + "\n".join(f"- {f}" for f in output.findings))
     if len(sweep.stopped):
@@ -206,55 +185,23 @@ def run_analysis(analysis: Analysis, study: str, argv: list[str] | None = None,
     if sweep.n_finished < sweep.expected_points:
         print(f"\nwarning: only {sweep.n_finished}/{sweep.expected_points} grid points finished; "
               f"missing: {', '.join(sweep.unfinished_points[:10]) or 'never started'}")
-    if not args.no_log:
+    if log:
         from record.provenance import context_tags
         from record.write import log_analysis_run
 
-        if provenance is None:  # run on its own: `python -m analysis.STUDY FLAGS`
-            shown = ["python", "-m", f"analysis.{study}", *(sys.argv[1:] if argv is None else argv)]
-            provenance = context_tags(shlex.join(shown[:3]), shlex.join(shown), Path(__file__).resolve().parent)
-        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, study, paths, output.metrics,
-                                  provenance)
+        if provenance is None:
+            shown = ["python", "-m", "analysis", sweep.study, "--experiment", sweep.experiment, "--tracking-uri",
+                     sweep.tracking_uri, "--sweep-id", sweep.sweep_id, "--out", str(out)]
+            provenance = context_tags(shlex.join(shown[:4]), shlex.join(shown), Path(__file__).resolve().parent)
+        run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, sweep.study, paths,
+                                  output.metrics, provenance)
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "
               f"{ui_link(sweep.tracking_uri, sweep.experiment_id)}")
-    print(f"outputs in {args.out}/: " + ", ".join(p.name for p in paths))
-    if args.validate:
+    print(f"outputs in {out}/: " + ", ".join(p.name for p in paths))
+    if validate:
         print(f"\nvalidation of sweep {sweep.sweep_id}:")
         return run_checks(analysis.checks(sweep, output))
     return 0
-
-
-def builtin_analyses() -> dict[str, Analysis]:
-    """The analyses of this package, by study name (each module ``analysis.<study>`` that defines ``ANALYSIS``)."""
-    import analysis
-
-    found = {}
-    for info in pkgutil.iter_modules(analysis.__path__):
-        module = importlib.import_module(f"analysis.{info.name}")
-        if isinstance(getattr(module, "ANALYSIS", None), Analysis):
-            found[info.name] = module.ANALYSIS
-    return found
-
-
-def load_analysis(ref: str) -> tuple[str, Analysis]:
-    """``(study name, Analysis)`` for a built-in study name or ``module[:ATTR]``.
-
-    ``ATTR`` defaults to ``ANALYSIS``, else a study declaration ``STUDY`` that
-    carries an ``analysis`` (its module may import torch).
-    """
-    if ":" not in ref and "." not in ref:
-        known = builtin_analyses()
-        if ref not in known:
-            raise SweepNotFound(f"unknown study {ref!r}; built-in: {', '.join(sorted(known))} (or give module:ATTR)")
-        return ref, known[ref]
-    module_name, _, attr = ref.partition(":")
-    module = importlib.import_module(module_name)
-    target = getattr(module, attr or "ANALYSIS", None) or (None if attr else getattr(module, "STUDY", None))
-    if isinstance(target, Analysis):
-        return module_name.rpartition(".")[2], target
-    if isinstance(getattr(target, "analysis", None), Analysis):
-        return target.name, target.analysis
-    raise SweepNotFound(f"{ref} holds no Analysis (nor a study declaration that carries one)")
 
 
 def exit_process(status: int) -> NoReturn:
@@ -302,11 +249,16 @@ def run_checks(checks: list[Check]) -> int:
 
 
 def group_stats(frame: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; 0 for a single seed) and count of ``columns`` per group."""
+    """Mean, sample std (ddof=1; NaN for a group of one seed: there is none, and summary.json says null) and
+    count (``n_seeds``) of ``columns`` per group."""
     grouped = frame.groupby(by, sort=True)
     out = grouped[columns].mean().add_suffix("_mean")
-    std = grouped[columns].std(ddof=1).fillna(0.0).add_suffix("_std")
+    std = grouped[columns].std(ddof=1).add_suffix("_std")
     out = out.join(std)
     out["n_seeds"] = grouped.size()
     return out.reset_index()
 
+
+def mean_std(mean: float, std: float) -> str:
+    """A table cell ``mean ± std`` (3 decimals); the mean alone where there is no std (one seed: NaN)."""
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"

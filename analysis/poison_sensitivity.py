@@ -1,4 +1,4 @@
-"""Analyse a poison_sensitivity sweep from MLflow: ``python -m analysis.poison_sensitivity --help``.
+"""Analyse a poison_sensitivity sweep from MLflow: ``python -m analysis poison_sensitivity --help``.
 
 Per model size (``hidden_width`` here; :func:`make_analysis` takes another
 column, e.g. the number of hidden layers): seed-mean test accuracy against
@@ -323,7 +323,8 @@ def make_analysis(size: str = "hidden_width", label: str = "width") -> Analysis:
 
 ANALYSIS = make_analysis()
 
-if __name__ == "__main__":
-    from analysis.common import exit_process, run_analysis
+if __name__ == "__main__":  # the alias of `python -m analysis poison_sensitivity FLAGS`
+    from analysis.cli import main
+    from analysis.common import exit_process
 
-    exit_process(run_analysis(ANALYSIS, "poison_sensitivity"))
+    exit_process(main(study="poison_sensitivity", prog="python -m analysis.poison_sensitivity"))

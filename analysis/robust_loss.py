@@ -1,4 +1,4 @@
-"""The robust_loss leaderboard from MLflow: ``python -m analysis.robust_loss --help``.
+"""The robust_loss leaderboard from MLflow: ``python -m analysis robust_loss --help``.
 
 Rows are losses; per benchmark test_acc / poison_fit / robust_score as mean ±
 std over seeds; the last column is the mean robust_score across benchmarks.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats
+from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, mean_std
 from record.read import SweepRecord
 from record.schema import metric_key
 
@@ -26,10 +26,6 @@ METRICS = ("test_acc", "poison_fit", "robust_score")
 
 BASELINE = "cross_entropy"  # what every other loss is compared with, paired by seed
 TEST = "paired t"
-
-
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{mean:.3f}" if n < 2 else f"{mean:.3f} ± {std:.3f}"
 
 
 def _interval(interval) -> str:
@@ -74,7 +70,7 @@ def leaderboard(stats: pd.DataFrame, intervals: dict | None = None, compared: di
                 row[benchmark] = "—"
                 continue
             c = cell.iloc[0]
-            row[benchmark] = " / ".join(_cell(c[f"{m}_mean"], c[f"{m}_std"], c.n_seeds) for m in METRICS)
+            row[benchmark] = " / ".join(mean_std(c[f"{m}_mean"], c[f"{m}_std"]) for m in METRICS)
             row[f"{benchmark} robust_score 95% CI"] = _interval(intervals.get((benchmark, loss)))
             comparison = compared.get((benchmark, loss))
             row[f"{benchmark} vs {BASELINE} ({TEST})"] = (
@@ -200,7 +196,8 @@ def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
 
 ANALYSIS = Analysis(analyze=analyze, checks=checks, table_name="leaderboard")
 
-if __name__ == "__main__":
-    from analysis.common import exit_process, run_analysis
+if __name__ == "__main__":  # the alias of `python -m analysis robust_loss FLAGS`
+    from analysis.cli import main
+    from analysis.common import exit_process
 
-    exit_process(run_analysis(ANALYSIS, "robust_loss"))
+    exit_process(main(study="robust_loss", prog="python -m analysis.robust_loss"))

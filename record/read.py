@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,36 @@ class SweepNotFound(LookupError):
     """No experiment or no sweep matches; the message says what was looked for, and where."""
 
 
+@dataclass(frozen=True)
+class BestPoint:
+    """The best point of a sweep by one metric (:meth:`SweepRecord.best_point`).
+
+    params: the point's params, typed (every grid, protocol and searched value its run recorded).
+    """
+
+    run_id: str
+    point: str
+    metric: str
+    value: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """What a scheduler's early stopping saved in a sweep (:meth:`SweepRecord.early_stopping`).
+
+    n_points:          points with a FINISHED run, stopped early or not;
+    n_stopped:         those a scheduler stopped early;
+    planned_epochs:    the epochs those points were set to train, summed;
+    untrained_epochs:  the epochs the stopped ones did not train, summed.
+    """
+
+    n_points: int
+    n_stopped: int
+    planned_epochs: int
+    untrained_epochs: int
+
+
 @dataclass
 class SweepRecord:
     """One sweep as recorded: the parent's metadata and one row per grid point with a FINISHED run.
@@ -32,6 +63,8 @@ class SweepRecord:
     stopped:  the points a scheduler stopped early (FINISHED, tagged
               ``robustlab.stopped_early``), apart from ``runs``: same columns
               plus ``stopped_early`` (epochs trained).
+    param_types: the recorded ``robustlab.param_types`` (param -> type name; empty for old sweeps).
+    start_times: run id -> start time (ms since the epoch) of every run in ``runs`` and ``stopped``.
     """
 
     client: MlflowClient
@@ -51,6 +84,8 @@ class SweepRecord:
     duplicate_points: list[str] = field(default_factory=list)
     unfinished_points: list[str] = field(default_factory=list)
     stopped: pd.DataFrame = field(default_factory=pd.DataFrame)
+    param_types: dict[str, str] = field(default_factory=dict)
+    start_times: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_finished(self) -> int:
@@ -61,6 +96,48 @@ class SweepRecord:
         """A metric's values of one point run, ordered by step."""
         points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
         return [m.value for m in points]
+
+    def point_params(self, run_id: str) -> dict[str, Any]:
+        """The params one point run recorded, typed as :attr:`runs` types them."""
+        decode = _decoder(self.param_types)
+        return {key: decode(key, text) for key, text in self.client.get_run(run_id).data.params.items()}
+
+    def best_point(self, metric: str, mode: str) -> BestPoint | None:
+        """The best point by ``metric`` (``mode`` ``"max"`` or ``"min"``) among the points that ran to the end
+        (:attr:`runs`: a point a scheduler stopped early is not a candidate) and report ``metric``; None if none
+        does.
+
+        Deterministic: a tie goes to the run that started first, then to the smallest run id, so the same record
+        gives the same best point however its runs are read back (a resumed search's included).
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if self.runs.empty or metric not in self.runs:
+            return None
+        values = self.runs[metric].astype(float)
+        values = values[values.notna()]
+        if values.empty:
+            return None
+        target = values.max() if mode == "max" else values.min()
+        tied = self.runs.loc[values.index[values == target], "run_id"]
+        run_id = min(tied, key=lambda r: (math.inf if self.start_times.get(r) is None else self.start_times[r], r))
+        row = self.runs[self.runs["run_id"] == run_id].iloc[0]
+        return BestPoint(run_id=run_id, point=row["point"], metric=metric, value=float(target),
+                         params=self.point_params(run_id))
+
+    def early_stopping(self, epochs: str = "epochs") -> EarlyStopping:
+        """How many points a scheduler stopped early and how many epochs that saved: ``epochs`` is the param
+        holding a point's planned epochs (a point without it counts 0 planned, 0 untrained), the
+        ``stopped_early`` column the epochs a stopped point trained."""
+        def planned(frame: pd.DataFrame) -> pd.Series:
+            if frame.empty or epochs not in frame:
+                return pd.Series(0, index=frame.index, dtype="int64")
+            return frame[epochs].fillna(0).astype("int64")
+
+        stopped = planned(self.stopped)
+        untrained = int((stopped - self.stopped["stopped_early"]).clip(lower=0).sum()) if len(self.stopped) else 0
+        return EarlyStopping(n_points=self.n_finished, n_stopped=len(self.stopped),
+                             planned_epochs=int(planned(self.runs).sum() + stopped.sum()), untrained_epochs=untrained)
 
 
 def find_sweep(client: MlflowClient, experiment_id: str, study: str | None = None,
@@ -73,7 +150,29 @@ def find_sweep(client: MlflowClient, experiment_id: str, study: str | None = Non
     return runs[0] if runs else None
 
 
-def _decoder(kinds: dict[str, str]):
+def recorded_grid(parent) -> dict[str, tuple]:
+    """A sweep's grid as its parent run recorded it: each ``grid.<dim>`` param decoded to a tuple of values of
+    the dimension's recorded type (inferred from the text for sweeps written before types were recorded).
+
+    Compare it with a launch's grid as values, ``recorded_grid(run) == {dim: tuple(values) ...}``, not as text.
+    """
+    return _parent_values(parent)[1]
+
+
+def _parent_values(parent) -> tuple[dict[str, Any], dict[str, tuple]]:
+    """The parent run's fixed protocol values and grid, typed."""
+    decode = _decoder(schema.decode_types(parent.data.tags.get(schema.TAG_PARAM_TYPES)))
+    grid, fixed = {}, {}
+    for key, text in parent.data.params.items():
+        if key.startswith(schema.GRID_PREFIX):
+            dim = key[len(schema.GRID_PREFIX):]
+            grid[dim] = decode(dim, text, grid=True)
+        else:
+            fixed[key] = decode(key, text)
+    return fixed, grid
+
+
+def _decoder(kinds: Mapping[str, str]):
     def decode(name: str, text: str, grid: bool = False) -> Any:
         kind = kinds.get(name)
         if grid:  # a dimension's values, comma-joined
@@ -110,15 +209,10 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         raise SweepNotFound(f"no {study + ' ' if study else ''}sweep{' ' + sweep_id if sweep_id else ''} "
                             f"in experiment {experiment!r} ({uri})")
     tags = parent.data.tags
-    decode = _decoder(schema.decode_types(tags.get(schema.TAG_PARAM_TYPES)))
-    grid, fixed = {}, {}
-    for key, text in parent.data.params.items():
-        if key.startswith(schema.GRID_PREFIX):
-            dim = key[len(schema.GRID_PREFIX):]
-            grid[dim] = decode(dim, text, grid=True)
-        else:
-            fixed[key] = decode(key, text)
-    rows, stopped, seen, duplicates = [], [], set(), []
+    kinds = schema.decode_types(tags.get(schema.TAG_PARAM_TYPES))
+    decode = _decoder(kinds)
+    fixed, grid = _parent_values(parent)
+    rows, stopped, seen, duplicates, start_times = [], [], set(), [], {}
     children = point_runs(client, found.experiment_id, parent.info.run_id)
     for run in children:  # newest first
         if run.info.status != "FINISHED":
@@ -128,6 +222,7 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
             duplicates.append(point)
             continue
         seen.add(point)
+        start_times[run.info.run_id] = run.info.start_time
         row = {"run_id": run.info.run_id, "point": point}
         row.update({key: decode(key, text) for key, text in run.data.params.items()})
         row.update(run.data.metrics)
@@ -144,4 +239,5 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         expected_points=int(n_points) if n_points else (math.prod(map(len, grid.values())) if grid else len(rows)),
         runs=pd.DataFrame(rows), stopped=pd.DataFrame(stopped), duplicate_points=sorted(set(duplicates)),
         unfinished_points=sorted({r.data.tags.get(schema.TAG_POINT) for r in children} - seen),
+        param_types=kinds, start_times=start_times,
     )

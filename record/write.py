@@ -174,11 +174,7 @@ class SweepWriter:
         finished = {point for point, seen in statuses.items() if "FINISHED" in seen}
         return finished, {point for point, seen in statuses.items() if "FAILED" in seen} - finished
 
-    def finished_runs(self) -> list:
-        """The sweep's FINISHED point runs (stopped-early ones among them), newest first."""
-        return [r for r in point_runs(self.client, self.experiment_id, self.sweep_id) if r.info.status == "FINISHED"]
-
-    def record_best(self, run_id: str, metric: str, value: float, params: Mapping[str, str]) -> None:
+    def record_best(self, run_id: str, metric: str, value: float, params: Mapping[str, Any]) -> None:
         """The best point on the parent run: ``best.<key>`` params, the ``best_<metric>`` metric, its run id as
         the ``robustlab.best_run_id`` tag (a resumed search whose best changed keeps the first params as tags)."""
         self.client.set_tag(self.sweep_id, schema.TAG_BEST_RUN, run_id)

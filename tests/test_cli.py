@@ -54,15 +54,14 @@ def test_negative_epsilon_and_unknown_dataset_are_named():
 def test_analysis_of_an_experiment_without_runs_says_so(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from analysis.common import run_analysis
-    from analysis.poison_sensitivity import ANALYSIS
+    from analysis.cli import main as analyse
 
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(uri).create_experiment("empty")
     for experiment, message in (("empty", "no poison_sensitivity sweep in experiment 'empty'"),
                                 ("missing", "no experiment 'missing'")):
-        status = run_analysis(ANALYSIS, "poison_sensitivity", ["--experiment", experiment, "--tracking-uri", uri,
-                                                          "--out", str(tmp_path / "out")])
+        status = analyse(["poison_sensitivity", "--experiment", experiment, "--tracking-uri", uri,
+                          "--out", str(tmp_path / "out")])
         assert status == 2 and message in capsys.readouterr().err
 
 

@@ -46,8 +46,8 @@ def test_reduced_sweep_tracked_and_analysed(store):
     assert sorted(m.step for m in history) == list(range(30))
 
     out = store["dir"] / "out"
-    assert run_analysis(ANALYSIS, "poison_sensitivity", ["--experiment", "ps-test", "--tracking-uri", store["uri"],
-                                                    "--out", str(out)]) == 0
+    sweep = read_sweep("ps-test", store["uri"], study="poison_sensitivity")
+    assert run_analysis(ANALYSIS, sweep, out) == 0
     for name in ("summary.json", "sigmoid_fits.md", "sigmoid_fits.csv", "accuracy_vs_poison.png",
                  "generalization_gap.png", "train_vs_test.png"):
         assert (out / name).stat().st_size > 0, name
@@ -61,6 +61,5 @@ def test_reduced_sweep_tracked_and_analysed(store):
     logged = {a.path for a in client.list_artifacts(analysis_runs[0].info.run_id)}
     assert {"summary.json", "accuracy_vs_poison.png"} <= logged
 
-    sweep = read_sweep("ps-test", store["uri"], study="poison_sensitivity")
     results = {c.name: c.passed for c in ANALYSIS.checks(sweep, ANALYSIS.analyze(sweep))}
     assert results["all grid points finished"] and results["aggregate points"] and results["no duplicate grid points"]

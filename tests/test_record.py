@@ -67,7 +67,8 @@ def test_a_sweep_written_by_the_old_code_is_read_by_the_new_analysis_to_the_digi
     common = ["--tracking-uri", uri, "--storage-path", str(work / "ray")]
     _run(["-m", "tune_jobs.poison_sensitivity", "--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "hidden_width=16",
           "--grid", "seed=1,2", "--set", "epochs=40", "--analyze", str(work / "old-ps"), *common], work, old)
-    _run(["-m", "tune_jobs.adversarial_scaling", "--grid", "hidden_width=16,32,64", "--grid", "seed=1",
+    # two seeds each: with one, the old code wrote a std of 0.000 where there is none (now: the mean alone, null)
+    _run(["-m", "tune_jobs.adversarial_scaling", "--grid", "hidden_width=16,32,64", "--grid", "seed=1,2",
           "--set", "max_epochs=30", "--set", "epsilons=0.05,0.2", "--analyze", str(work / "old-adv"), *common],
          work, old)
     from record.read import read_sweep
@@ -75,7 +76,7 @@ def test_a_sweep_written_by_the_old_code_is_read_by_the_new_analysis_to_the_digi
     for study in ("poison_sensitivity", "adversarial_scaling"):  # the old record: no types, read by inference
         sweep = read_sweep(study, uri)
         assert schema.TAG_PARAM_TYPES not in sweep.client.get_run(sweep.sweep_id).data.tags
-    assert sweep.grid == {"dataset": ("circles", "moons"), "hidden_width": (16, 32, 64), "seed": (1,)}
+    assert sweep.grid == {"dataset": ("circles", "moons"), "hidden_width": (16, 32, 64), "seed": (1, 2)}
     assert sweep.fixed["epsilons"] == (0.05, 0.2) and sweep.runs["hidden_width"].dtype.kind == "i"
     for study, table in (("poison_sensitivity", "sigmoid_fits"), ("adversarial_scaling", "robustness_by_width")):
         _run(["-m", f"analysis.{study}", "--tracking-uri", uri, "--out", str(work / f"new-{study}"), "--no-log",
@@ -162,3 +163,82 @@ def test_metric_key_keeps_documented_names_and_makes_paths_safe():
 
     assert metric_key("robust_score_cnn-digits-labelflip_generalized_ce") == "robust_score_cnn-digits-labelflip_generalized_ce"
     assert metric_key("test_acc_b_/tmp//my loss.py") == "test_acc_b__tmp__my_loss.py"
+
+
+def _toy_sweep(uri, param_types=True):
+    """A search-like sweep written through the record's own writer, with start times chosen by the test: three
+    complete points (two tied on val_acc, the later-started one read back first) and two a scheduler stopped."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from record.runs import get_or_create_experiment
+    from record.write import create_sweep, log_flat
+
+    client = MlflowClient(uri)
+    experiment = get_or_create_experiment(client, "toy", uri)
+    grid = {"hidden_width": (8, 16), "poison_fraction": (0.0, 0.5)}
+    kinds = {"hidden_width": "int", "poison_fraction": "float", "lr": "float", "epochs": "int"} if param_types else {}
+    sweep = create_sweep(client, experiment, study="toy", run_name="toy", command="test", fixed={"epochs": 10},
+                         grid=grid, n_points=5, param_types=kinds)
+    runs = {}
+    for name, start, lr, val_acc, stopped in (("late", 2000, 0.1, 0.9, None), ("early", 1000, 0.2, 0.9, None),
+                                              ("worse", 1500, 0.3, 0.8, None), ("cut", 500, 0.4, 0.95, 4),
+                                              ("cut2", 600, 0.5, 0.5, 2)):
+        tags = {schema.TAG_PARENT: sweep, schema.TAG_SWEEP: sweep, schema.TAG_STUDY: "toy",
+                schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: f"lr={lr}"}
+        if stopped is not None:
+            tags[schema.TAG_STOPPED] = str(stopped)
+        run_id = client.create_run(experiment, start_time=start, tags=tags, run_name=name).info.run_id
+        log_flat(client, run_id, params={"lr": lr, "epochs": 10, "hidden_width": 8},
+                 metrics=[Metric("val_acc", val_acc, 0, 0)])
+        client.set_terminated(run_id, "FINISHED")
+        runs[name] = run_id
+    return client, sweep, runs
+
+
+def test_the_best_point_is_typed_and_deterministic_on_ties(tmp_path):
+    from record.read import read_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, _, runs = _toy_sweep(uri)
+    sweep = read_sweep("toy", uri)
+    assert list(sweep.runs.run_id) == [runs["late"], runs["worse"], runs["early"]], "read back newest first"
+    best = sweep.best_point("val_acc", "max")  # "cut" reached 0.95 but was stopped early: not a candidate
+    assert (best.run_id, best.value, best.point) == (runs["early"], 0.9, "lr=0.2"), "tie -> the earliest start"
+    assert best.params == {"lr": 0.2, "epochs": 10, "hidden_width": 8} and type(best.params["epochs"]) is int
+    worst = sweep.best_point("val_acc", "min")
+    assert (worst.run_id, worst.params["lr"]) == (runs["worse"], 0.3)
+    # the same start time: the smallest run id wins, whatever the order the rows are in
+    sweep.start_times = dict.fromkeys(sweep.start_times, 0)
+    expected = min(runs["late"], runs["early"])
+    assert sweep.best_point("val_acc", "max").run_id == expected
+    sweep.runs = sweep.runs.iloc[::-1].reset_index(drop=True)
+    assert sweep.best_point("val_acc", "max").run_id == expected
+    assert sweep.best_point("test_acc", "max") is None
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min'"):
+        sweep.best_point("val_acc", "maximum")
+
+
+def test_early_stopping_counts_stopped_points_and_untrained_epochs(tmp_path):
+    from record.read import EarlyStopping, read_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _toy_sweep(uri)
+    sweep = read_sweep("toy", uri)
+    assert sorted(sweep.stopped.stopped_early) == [2, 4]  # the epochs each stopped point trained
+    assert sweep.early_stopping() == EarlyStopping(n_points=5, n_stopped=2, planned_epochs=50, untrained_epochs=14)
+    assert sweep.early_stopping("max_epochs") == EarlyStopping(5, 2, 0, 0), "a study without the param counts 0"
+
+
+@pytest.mark.parametrize("param_types", [True, False], ids=["typed", "inferred"])
+def test_the_recorded_grid_compares_as_values_not_text(tmp_path, param_types):
+    from record.read import find_sweep, read_sweep, recorded_grid
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, sweep_id, _ = _toy_sweep(uri, param_types)
+    parent = find_sweep(client, client.get_experiment_by_name("toy").experiment_id, "toy")
+    assert parent.data.params["grid.poison_fraction"] == "0.0,0.5"
+    grid = recorded_grid(parent)
+    assert grid == {"hidden_width": (8, 16), "poison_fraction": (0, 0.5)}  # "0,0.5" as text would differ
+    assert all(type(v) is int for v in grid["hidden_width"]) and type(grid["poison_fraction"][0]) is float
+    assert grid == read_sweep("toy", uri).grid

@@ -49,7 +49,8 @@ def test_optuna_tunes_a_loss_hyperparameter_on_a_validation_split(store, capsys)
     qs = [float(r.data.params["loss.q"]) for r in children]
     assert len(set(qs)) == 4 and all(0.1 <= q <= 1.0 for q in qs)
     assert all(r.data.params["val_fraction"] == "0.1" and int(r.data.params["val_size"]) > 0 for r in children)
-    best = max(children, key=lambda r: r.data.metrics["val_acc"])
+    top = max(r.data.metrics["val_acc"] for r in children)  # a tie goes to the run that started first
+    best = min((r for r in children if r.data.metrics["val_acc"] == top), key=lambda r: (r.info.start_time, r.info.run_id))
     assert parent.data.tags[schema.TAG_BEST_RUN] == best.info.run_id
     assert parent.data.params["best.loss.q"] == best.data.params["loss.q"]
     assert parent.data.metrics["best_val_acc"] == best.data.metrics["val_acc"]

@@ -71,6 +71,20 @@ def test_one_seed_gives_no_interval_never_a_zero_width_one():
     assert seed_bootstrap(adversarial, "circles", "fgsm") is None
 
 
+def test_one_seed_has_no_standard_deviation_never_a_zero_one():
+    from analysis.common import group_stats, mean_std
+
+    runs = _poison_runs([42, 123], {32: 0.35})
+    runs = runs[(runs.seed == 42) | (runs.poison_fraction == 0.0)]  # two seeds at 0.0, one elsewhere
+    agg = aggregate(runs).set_index("poison_fraction")
+    assert agg.test_acc_std.notna().sum() == 1 and agg.loc[0.0, "n_seeds"] == 2
+    assert np.isclose(agg.loc[0.0, "test_acc_std"], runs[runs.poison_fraction == 0.0].test_acc.std(ddof=1))
+    assert agg.drop(index=0.0).test_acc_std.isna().all() and (agg.drop(index=0.0).n_seeds == 1).all()
+    stats = group_stats(pd.DataFrame({"g": ["a", "a", "b"], "x": [0.5, 0.7, 0.25]}), ["g"], ["x"])
+    cells = [mean_std(r.x_mean, r.x_std) for r in stats.itertuples()]
+    assert cells == ["0.600 ± 0.141", "0.250"], "a table shows a std only where there is one"
+
+
 def _rows_and_pid(block, scale):
     import os
 

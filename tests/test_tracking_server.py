@@ -11,6 +11,7 @@ from conftest import PYTHON, python_env
 from analysis.common import run_analysis
 from analysis.poison_sensitivity import ANALYSIS as POISON_ANALYSIS
 from record import schema
+from record.read import read_sweep
 from record.runs import search_all_runs
 from tune_jobs.runner import main
 from tune_jobs.tracking_server import TrackingServer, _group_alive
@@ -41,8 +42,8 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         assert main("poison_sensitivity", ["--grid", "poison_fraction=0,0.5", "--grid", "hidden_width=8",
                                            "--grid", "seed=1", "--set", "epochs=5", "--experiment", "ps-http",
                                            *common]) == 0
-        assert run_analysis(POISON_ANALYSIS, "poison_sensitivity", ["--tracking-uri", server.uri, "--experiment", "ps-http",
-                                                        "--out", str(tmp_path / "ps")]) == 0
+        assert run_analysis(POISON_ANALYSIS, read_sweep("ps-http", server.uri, study="poison_sensitivity"),
+                            tmp_path / "ps") == 0
         assert main("adversarial_scaling", ["--grid", "hidden_width=8", "--grid", "seed=1",
                                             "--set", "max_epochs=5", "--set", "epsilons=0.1",
                                             "--experiment", "adv-http", *common]) == 0

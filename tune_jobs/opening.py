@@ -20,7 +20,7 @@ def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
     """``--resume``: the sweep to continue and its lease, if no launch holds it and its recorded grid and params
     are this launch's. It is reopened (RUNNING) only after every check passed: a refused ``--resume`` leaves it as
     it was."""
-    from record.read import find_sweep
+    from record.read import find_sweep, recorded_grid
     from record.write import Lease, LeaseHeld, SweepWriter, reopen_sweep
 
     study, tracking = launch.study, launch.tracking
@@ -29,12 +29,11 @@ def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
     if sweep is None:
         raise UsageError(f"--resume: no {study.name} sweep " + (f"{wanted!r} " if wanted else "")
                          + f"in experiment {tracking.experiment!r}")
-    prefix = schema.GRID_PREFIX
-    recorded = {k[len(prefix):]: v for k, v in sweep.data.params.items() if k.startswith(prefix)}
-    requested = {d: schema.encode(v) for d, v in launch.grid.items()}
+    recorded, requested = recorded_grid(sweep), {d: tuple(v) for d, v in launch.grid.items()}
     if recorded and recorded != requested:
-        raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {recorded}, "
-                         f"this command asks for {requested}")
+        shown = {d: schema.encode(v) for d, v in recorded.items()}
+        raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {shown}, this command asks "
+                         f"for {({d: schema.encode(v) for d, v in requested.items()})}")
     lease = Lease(client, sweep.info.run_id)
     try:
         lease.acquire(force=tracking.force)

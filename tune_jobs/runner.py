@@ -186,33 +186,40 @@ def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool, reported
 
 def _report_search(launch: Launch, sweep: SweepWriter) -> None:
     """After a search: how much early stopping saved, and the best complete point (on the parent run, printed)."""
-    search, runs = launch.search, sweep.finished_runs()
-    stopped = [r for r in runs if schema.TAG_STOPPED in r.data.tags]
-    if search.scheduler != "fifo":
-        planned = sum(int(r.data.params.get("epochs", 0)) for r in runs)
-        saved = sum(int(r.data.params.get("epochs", 0)) - int(r.data.tags[schema.TAG_STOPPED]) for r in stopped)
-        print(f"{launch.study.name}: the scheduler stopped {len(stopped)} of {len(runs)} points early; "
-              f"{saved} of {planned} planned epochs not trained ({saved / max(planned, 1):.0%})", flush=True)
-    complete = [r for r in runs if schema.TAG_STOPPED not in r.data.tags and search.metric in r.data.metrics]
-    if not search.metric or not complete:
+    from record.read import SweepNotFound, read_sweep
+
+    search, name = launch.search, launch.study.name
+    try:
+        record = read_sweep(launch.tracking.experiment, launch.tracking.uri, sweep.sweep_id, study=name)
+    except SweepNotFound:
         return
-    pick = max if search.mode == "max" else min
-    best = pick(complete, key=lambda r: r.data.metrics[search.metric])
+    if search.scheduler != "fifo":
+        saved = record.early_stopping()
+        print(f"{name}: the scheduler stopped {saved.n_stopped} of {saved.n_points} points early; "
+              f"{saved.untrained_epochs} of {saved.planned_epochs} planned epochs not trained "
+              f"({saved.untrained_epochs / max(saved.planned_epochs, 1):.0%})", flush=True)
+    best = record.best_point(search.metric, search.mode) if search.metric else None
+    if best is None:
+        return
     keys = [d.key for d in search.space] + [d for d in launch.study.grid if len(launch.grid[d]) > 1]
-    values = {k: best.data.params[k] for k in keys if k in best.data.params}
-    sweep.record_best(best.info.run_id, search.metric, best.data.metrics[search.metric], values)
-    shown = " ".join(f"{k}={v}" for k, v in values.items())
-    print(f"{launch.study.name}: best point by {search.metric} ({search.mode}): {search.metric}="
-          f"{best.data.metrics[search.metric]:.4g}  {shown}  (run {best.info.run_id})", flush=True)
+    values = {k: best.params[k] for k in keys if k in best.params}
+    sweep.record_best(best.run_id, search.metric, best.value, values)
+    shown = " ".join(f"{k}={schema.encode(v)}" for k, v in values.items())
+    print(f"{name}: best point by {search.metric} ({search.mode}): {search.metric}={best.value:.4g}  {shown}  "
+          f"(run {best.run_id})", flush=True)
 
 
 def _analyze(launch: Launch, sweep_id: str) -> int:
     """``--analyze DIR``: the study's analysis and validation of this sweep; its exit status."""
     from analysis.common import run_analysis
+    from record.read import SweepNotFound, read_sweep
 
-    argv = ["--experiment", launch.tracking.experiment, "--sweep-id", sweep_id, "--out", launch.outputs.analyze_out,
-            "--validate", "--tracking-uri", launch.tracking.uri]
-    return run_analysis(launch.study.analysis, launch.study.name, argv,
+    try:
+        sweep = read_sweep(launch.tracking.experiment, launch.tracking.uri, sweep_id, study=launch.study.name)
+    except SweepNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return run_analysis(launch.study.analysis, sweep, Path(launch.outputs.analyze_out), validate=True, log=True,
                         provenance=provenance_tags(launch.study_ref, launch.argv))
 
 
