@@ -1,6 +1,7 @@
 """A researcher's own study, outside the repository: README's example end to end, and the study contract."""
 
 import json
+import os
 import re
 import subprocess
 import textwrap
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, ROOT, python_env
 from record import schema
-from record.runs import search_all_runs
+from record.runs import point_runs, search_all_runs, sweep_runs
 from tune_jobs.runner import main
 
 EXAMPLE_MARKER = "<!-- example: my_studies/layer_depth.py -->"
@@ -61,6 +62,19 @@ def test_readme_example_runs_from_a_package_outside_the_repository(tmp_path):
     resumed = subprocess.run(command[:command.index("--analyze")] + ["--resume"], cwd=work, env=python_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "(16 already finished)" in resumed.stdout, resumed.stdout[-2000:]
+
+    # the recorded line runs the launch again from any folder, in a shell without this test's environment
+    (sweep,) = sweep_runs(client, experiment.experiment_id)
+    rerun = sweep.data.tags[schema.TAG_RERUN]
+    assert rerun in proc.stdout and sweep.data.tags[schema.TAG_IMPORT_ROOT] == str(work)
+    (tmp_path / "elsewhere").mkdir()
+    shell_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    again = subprocess.run(["bash", "-c", rerun], cwd=tmp_path / "elsewhere", env=shell_env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    first, second = (sorted((r.data.tags[schema.TAG_POINT], r.data.metrics["test_acc"]) for r in point_runs(
+        client, experiment.experiment_id, s.info.run_id)) for s in reversed(sweep_runs(client, experiment.experiment_id)))
+    assert len(first) == 16 and first == second, "the same launch, the same numbers"
 
 
 def test_unknown_study_lists_the_built_in_ones(tmp_path):

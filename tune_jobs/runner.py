@@ -175,6 +175,8 @@ def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool, reported
     print(f"{study.name}: {n_done}/{n_all} {'' if launch.searching else 'grid '}points finished in sweep "
           f"{sweep.sweep_id} (experiment id {sweep.experiment_id}); MLflow UI: "
           f"{ui_link(launch.tracking.uri, sweep.experiment_id)}", flush=True)
+    rerun = provenance_tags(launch.study_ref, launch.argv)[schema.TAG_RERUN]
+    print(f"{study.name}: to run this launch again, from any folder: {rerun}", flush=True)
     if n_done == n_all:
         return 0
     failed = (f" ({len(failed_points)} failed: see the FAILED point runs' '{schema.TAG_ERROR}' tag and "
