@@ -38,6 +38,31 @@ def test_random_search_samples_the_space_once_per_point_per_grid_point(store):
     assert sorted(float(r.data.params["lr"]) for r in repeated) == sorted(lrs), "same --search-seed, same samples"
 
 
+def test_a_searched_grid_key_replaces_its_dimension(store):
+    """Searching a study's main axis: the points are num_samples x the remaining grid, and the parent records the
+    searched key as space.<key>, not as a grid dimension."""
+    from tune_jobs.cli import parse_launch
+    from tune_jobs.studies.poison_sensitivity import STUDY
+    from tune_jobs.studies.robust_loss import STUDY as ROBUST_LOSS
+
+    args = ["--search", "random", "--num-samples", "6", "--grid", "seed=42", "--space",
+            "poison_fraction=uniform(0,0.5)", "--space", "hidden_width=choice(8,16)", "--set", "epochs=5",
+            "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+    launch = parse_launch(STUDY, args)
+    assert launch.n_points == 6 and launch.searched_dims == ("poison_fraction", "hidden_width")
+    assert launch.recorded_grid == {"seed": (42,)}
+    optuna = parse_launch(ROBUST_LOSS, ["--search", "optuna", "--space", "loss=choice(cross_entropy,generalized_ce)",
+                                        "--grid", "seed=42", "--metric", "val_acc", "--mode", "max"])
+    assert optuna.n_points == 1 and optuna.searched_dims == ("loss",), "Optuna may search a grid dimension"
+    assert main("poison_sensitivity", args) == 0
+    _, parent, children = _runs(store["uri"], "poison_sensitivity")
+    assert len(children) == 6 and all(r.info.status == "FINISHED" for r in children)
+    assert len({r.data.params["poison_fraction"] for r in children}) == 6
+    assert {r.data.params["hidden_width"] for r in children} <= {"8", "16"}
+    assert "grid.poison_fraction" not in parent.data.params and parent.data.params["grid.seed"] == "42"
+    assert parent.data.params["space.poison_fraction"] == "uniform(0.0,0.5)"
+
+
 def test_optuna_tunes_a_loss_hyperparameter_on_a_validation_split(store, capsys):
     args = ["--search", "optuna", "--num-samples", "4", "--space", "loss.q=uniform(0.1,1.0)", "--grid",
             "loss=generalized_ce", "--grid", "seed=42", "--metric", "val_acc", "--mode", "max", "--set", "epochs=3",
@@ -91,6 +116,7 @@ def test_asha_stops_poor_points_early_and_records_them(store, capsys):
     (["--scheduler", "asha", "--metric", "test_acc", "--mode", "max"], "--metric test_acc: searchers and schedulers"),
     (["--search", "optuna", "--space", "lr=uniform(0.1,1)", "--metric", "val_acc", "--mode", "max"],
      "--search optuna takes no grid: loss has 4 values"),
+    (["--search", "random", "--space", "seed=randint(0,9)", "--grid", "seed=1"], "search it or grid it, not both"),
     (["--search", "random", "--space", "loss.p=uniform(0.1,1)", "--grid", "loss=generalized_ce"],
      "loss 'generalized_ce' has no hyperparameter 'p'"),
 ])

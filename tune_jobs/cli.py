@@ -290,6 +290,9 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     except StoreError as error:
         raise UsageError(f"--tracking-uri: {error}") from None
     search = parse_search(study, args, grid)
+    for dimension in search.space:  # a searched grid key replaces its dimension: one base value, then sampled
+        if dimension.key in grid:
+            grid[dimension.key] = grid[dimension.key][:1]
     explicit = {split_assignment("--set", t)[0] for t in args.set}
     if search.metric is not None:  # a validation split for the searcher / scheduler, unless --set says otherwise
         fixed.update({k: v for k, v in study.search_defaults.items() if k not in explicit})

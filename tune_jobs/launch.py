@@ -127,6 +127,16 @@ class Launch:
         return (self.search.algorithm != "grid" and not self.search.packed) or self.search.scheduler != "fifo"
 
     @property
+    def searched_dims(self) -> tuple[str, ...]:
+        """Grid dimensions a search samples instead (``--space`` of a grid key): they leave the grid."""
+        return tuple(d.key for d in self.search.space if d.key in self.grid)
+
+    @property
+    def recorded_grid(self) -> dict[str, tuple]:
+        """The grid as the sweep's parent records it: without the searched dimensions (``space.<key>`` instead)."""
+        return {d: v for d, v in self.grid.items() if d not in self.searched_dims}
+
+    @property
     def n_points(self) -> int:
         """Points the launch evaluates: the grid's, each repeated ``num_samples`` times by a search."""
         if self.search.packed or self.search.algorithm == "grid":

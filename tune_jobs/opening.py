@@ -29,7 +29,7 @@ def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
     if sweep is None:
         raise UsageError(f"--resume: no {study.name} sweep " + (f"{wanted!r} " if wanted else "")
                          + f"in experiment {tracking.experiment!r}")
-    recorded, requested = recorded_grid(sweep), {d: tuple(v) for d, v in launch.grid.items()}
+    recorded, requested = recorded_grid(sweep), launch.recorded_grid
     if recorded and recorded != requested:
         shown = {d: schema.encode(v) for d, v in recorded.items()}
         raise UsageError(f"--resume: sweep {sweep.info.run_id} was launched with grid {shown}, this command asks "
@@ -60,7 +60,7 @@ def _create_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
     sweep_id = create_sweep(
         client, experiment_id, study=study.name, run_name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         command=provenance[schema.TAG_COMMAND], provenance=provenance, note=f"**{study.name}**: {study.description}",
-        fixed={**fixed, **opened, **launch.search.params()}, grid=launch.grid, n_points=launch.n_points,
+        fixed={**fixed, **opened, **launch.search.params()}, grid=launch.recorded_grid, n_points=launch.n_points,
         param_types=study.param_types(),
     )
     lease = Lease(client, sweep_id)

@@ -33,7 +33,7 @@ def split_assignment(option: str, text: str) -> tuple[str, str]:
 
 def parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple]) -> Search:
     """The search flags, checked together: what Ray Tune can do with them, else a UsageError naming the flag."""
-    space = []
+    space, gridded = [], {split_assignment("--grid", t)[0] for t in args.grid}
     for text in args.space:
         key, value = split_assignment("--space", text)
         if not study.is_key(key):
@@ -41,8 +41,9 @@ def parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple])
                              + "".join(f" or {p}.NAME" for p in study.open_params))
         if key in [d.key for d in space]:
             raise UsageError(f"--space: {key} is given twice")
-        if key in grid and any(f"{key}=" in t for t in args.grid):
-            raise UsageError(f"--space {key}: it is also given with --grid; search it or grid it, not both")
+        if key in gridded:
+            raise UsageError(f"--space {key}: it is also given with --grid; search it or grid it, not both (a "
+                             "searched key replaces its grid dimension)")
         try:
             space.append(parse_dimension(key, value, lambda v, k=key: parse_value(study, k, v)))
         except SpaceError as error:
@@ -66,8 +67,9 @@ def parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple])
         known = ", ".join(study.search_metrics) or "none"
         raise UsageError(f"--metric {args.metric}: searchers and schedulers select on validation metrics only "
                          f"(this study's: {known}); test metrics are for the final report")
-    if args.search == "optuna" and any(len(v) > 1 for k, v in grid.items()):
-        swept = next(k for k, v in grid.items() if len(v) > 1)
+    searched = {d.key for d in space}
+    swept = next((k for k, v in grid.items() if len(v) > 1 and k not in searched), None)
+    if args.search == "optuna" and swept is not None:
         raise UsageError(f"--search optuna takes no grid: {swept} has {len(grid[swept])} values; give it as "
                          f"--space {swept}=choice(...), or fix it with --grid {swept}=VALUE")
     if args.scheduler == "asha":
