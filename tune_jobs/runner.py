@@ -33,7 +33,8 @@ from tune_jobs.space import Shared
 from tune_jobs.study import load_study, study_ref
 
 if TYPE_CHECKING:
-    from record.write import Lease, SweepWriter
+    from record.lease import Lease
+    from record.write import SweepWriter
 
 #: The packages a Ray worker on another node needs (shipped with ``runtime_env``).
 PROJECT_PACKAGES = ("core", "record", "analysis", "tune_jobs")
@@ -160,7 +161,8 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]
     A resumed sweep is reopened (RUNNING) only after every check passed: a refused ``--resume`` leaves it as it was.
     """
     from record.read import find_sweep
-    from record.write import Lease, LeaseHeld, SweepWriter, create_sweep, reopen_sweep
+    from record.lease import Lease, LeaseHeld
+    from record.write import SweepWriter, create_sweep, reopen_sweep
 
     study = launch.study
     if launch.resume:

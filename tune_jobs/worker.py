@@ -19,9 +19,10 @@ import time
 from typing import Any
 
 from core.point import NO_HOOKS, PointContext, TrainedModel
+from record.checkpoints import checkpoint_note
 from record.schema import MODEL_WEIGHTS
 from record.store import store_gone
-from record.write import SweepWriter, checkpoint_note
+from record.write import SweepWriter
 from tune_jobs.progress import POINTS, TRACKING_LOST
 from tune_jobs.study import load_study
 
