@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -26,6 +27,8 @@ def save_checkpoint(client: MlflowClient, run_id: str, local_file: str, slot: st
 
 def download_checkpoint(client: MlflowClient, run_id: str, note: Mapping[str, Any], folder: str) -> str:
     """Fetch the checkpoint ``note`` (see :func:`checkpoint_note`) names into ``folder``; its local path."""
+    if not confined(note.get("path")):
+        raise ValueError(f"checkpoint path {note.get('path')!r} is not in run {run_id}'s checkpoint slots")
     return client.download_artifacts(run_id, note["path"], folder)
 
 
@@ -50,12 +53,34 @@ def drop_checkpoints(client: MlflowClient, run_id: str, keep_latest: bool = Fals
             repository.delete_artifacts(entry.path)
 
 
-def checkpoint_note(run) -> dict[str, Any] | None:
-    """The ``robustlab.checkpoint`` tag of a point's run (epoch, artifact path, bytes, node), or None."""
+#: The artifact paths a checkpoint tag may name: a file directly in one of the run's two slots.
+_CHECKPOINT_PATH = re.compile(rf"{re.escape(schema.CHECKPOINT_DIR)}/[ab]/[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def confined(path: object) -> bool:
+    """Whether ``path`` (read from a tag anyone with access to the store can set) names a file in one of the run's
+    own checkpoint slots, ``checkpoint/a/<file>`` or ``checkpoint/b/<file>``: no ``..``, no other folder."""
+    return isinstance(path, str) and _CHECKPOINT_PATH.fullmatch(path) is not None and ".." not in path
+
+
+def checkpoint_note(run, on_ignored: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The ``robustlab.checkpoint`` tag of a point's run (epoch, artifact path, bytes, node), or None.
+
+    A tag that is not such a note, or whose path is not confined to the run's own checkpoint slots (see
+    :func:`confined`), is ignored: ``on_ignored`` (if given) is told why, in words naming the run and the tag.
+    """
     text = run.data.tags.get(schema.TAG_CHECKPOINT)
-    try:
-        note = json.loads(text) if text else None
-    except ValueError:
+    if not text:
         return None
-    valid = isinstance(note, dict) and isinstance(note.get("path"), str) and isinstance(note.get("epoch"), int)
-    return note if valid and note["path"].startswith(schema.CHECKPOINT_DIR + "/") else None
+    try:
+        note = json.loads(text)
+    except ValueError:
+        note = None
+    valid = isinstance(note, dict) and isinstance(note.get("path"), str) and type(note.get("epoch")) is int
+    if valid and confined(note["path"]) and note["epoch"] >= 0:
+        return note
+    if on_ignored is not None:
+        shown = note["path"] if valid else text
+        on_ignored(f"run {run.info.run_id}: its {schema.TAG_CHECKPOINT} tag names {shown[:300]!r}, not a checkpoint "
+                   f"of that run ({schema.CHECKPOINT_DIR}/a/<file> or {schema.CHECKPOINT_DIR}/b/<file>); ignored")
+    return None

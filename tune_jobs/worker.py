@@ -64,11 +64,21 @@ class RunEpochHooks:
         self._load(earlier)
 
     def _load(self, earlier) -> None:
-        """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only)."""
+        """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only).
+
+        Only a checkpoint in the run's own slots, saved by that run for this point, is taken (its tag is anyone's
+        to set); the metrics the run holds then count as logged, so a point resumed after its last epoch logs
+        none again."""
         import torch
 
+        ignored = []
+
+        def note_ignored(why: str) -> None:
+            ignored.append(why)
+            print(f"robustlab: point {self.point}: {why}", flush=True)
+
         for run in earlier:  # newest first
-            note = checkpoint_note(run)
+            note = checkpoint_note(run, on_ignored=note_ignored)
             if note is None:
                 continue
             try:
@@ -79,12 +89,17 @@ class RunEpochHooks:
                 print(f"robustlab: point {self.point}: checkpoint of run {run.info.run_id} unusable "
                       f"({type(error).__name__}: {error}); trying an older one", flush=True)
                 continue
-            if saved.get("point") != self.point:
+            if not isinstance(saved, dict) or saved.get("point") != self.point or saved.get("run_id") != run.info.run_id:
+                note_ignored(f"run {run.info.run_id}: its checkpoint {note['path']!r} was not saved by that run for "
+                             "this point; ignored")
                 continue
             self._state, self.resumed_run_id = saved["state"], run.info.run_id
             self.resumed_epoch, self._slot = note["epoch"], note["path"].split("/")[1]
             self._logged_through = self.writer.last_step(run.info.run_id)
+            self.last_logged = dict(run.data.metrics)
             return
+        if ignored:
+            print(f"robustlab: point {self.point}: no usable checkpoint; the point starts over", flush=True)
 
     def restore(self) -> dict[str, Any] | None:
         return self._state

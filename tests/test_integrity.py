@@ -1,0 +1,85 @@
+"""Resume and record integrity (issue 24), each fault replayed for real: checkpoint and lease tags someone changed, a
+point resumed from its last checkpoint, a loss file that exits, telemetry in every entry point."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, python_env
+from record import schema
+from record.checkpoints import checkpoint_note
+from test_hardening import launch, n_finished, runs, start, statuses, wait_for
+from test_tracking_server import free_port
+from tune_jobs.tracking_server import TrackingServer
+
+TINY = ["poison_sensitivity", "--grid", "hidden_width=8", "--grid", "poison_fraction=0.1", "--grid", "seed=42",
+        "--set", "epochs=2"]
+RL = ["robust_loss", "--grid", "loss=cross_entropy", "--grid", "seed=42", "--scale", "smoke", "--set", "epochs=2",
+      "--checkpoint-every", "1"]
+
+
+def common(store):
+    return ["--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+
+
+def steps(client, run_id):
+    """Each metric's steps, in order, as logged (duplicates kept)."""
+    return {name: sorted(m.step for m in client.get_metric_history(run_id, name))
+            for name in client.get_run(run_id).data.metrics}
+
+
+def test_a_checkpoint_tag_pointing_outside_its_run_is_ignored_and_the_point_starts_over(store):
+    uri, client = store["uri"], MlflowClient(store["uri"])
+    other = launch([*RL, "--keep-checkpoints", "--experiment", "other", *common(store)], store["dir"])
+    assert other.returncode == 0, other.stdout[-2000:] + other.stderr[-2000:]
+    (donor,) = runs(uri, "other")
+    donor_note = checkpoint_note(donor)
+    assert donor_note is not None and donor_note["epoch"] == 1, "another sweep's final checkpoint"
+    assert launch([*RL, *common(store)], store["dir"]).returncode == 0
+    (victim,) = runs(uri, "robust_loss")
+    # <store>/artifacts/<experiment>/<run>/artifacts/checkpoint/..: four levels up is the store's artifact root
+    escape = f"{schema.CHECKPOINT_DIR}/../../../../other/{donor.info.run_id}/artifacts/{donor_note['path']}"
+    for path in (escape, "checkpoint/a/../../../x.pt", "checkpoint/c/point_state.pt", "checkpoint//etc/passwd",
+                 "checkpoint/a/sub/point_state.pt", "checkpoint/a/.."):
+        client.set_tag(victim.info.run_id, schema.TAG_CHECKPOINT, json.dumps({"epoch": 1, "path": path}))
+        assert checkpoint_note(client.get_run(victim.info.run_id)) is None, path
+    client.set_tag(victim.info.run_id, schema.TAG_CHECKPOINT, json.dumps({"epoch": 1, "path": escape}))
+    client.set_terminated(victim.info.run_id, "FAILED")  # a point to resume, steered at the other sweep
+    shutil.rmtree(store["ray"])  # resumed from the MLflow record alone (its Ray trial ended well: Ray Tune skips it)
+
+    resumed = launch([*RL, *common(store), "--resume"], store["dir"])
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    output = resumed.stdout + resumed.stderr
+    assert f"its {schema.TAG_CHECKPOINT} tag names {escape!r}" in output and "starts over" in output, output[-3000:]
+    finished = [r for r in runs(uri, "robust_loss") if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].info.run_id != victim.info.run_id
+    assert schema.TAG_RESUMED not in finished[0].data.tags, "the point trained from scratch"
+    assert steps(client, finished[0].info.run_id)["test_acc"] == [0, 1]
+    assert statuses(uri, "other") == ["FINISHED"] and checkpoint_note(runs(uri, "other")[0]) == donor_note
+
+
+def test_a_point_resumed_from_its_final_checkpoint_logs_every_step_once(store):
+    uri, client = store["uri"], MlflowClient(store["uri"])
+    assert launch([*RL, "--keep-checkpoints", *common(store)], store["dir"]).returncode == 0
+    (run,) = runs(uri, "robust_loss")
+    assert checkpoint_note(run)["epoch"] == 1
+    before = steps(client, run.info.run_id)
+    client.set_terminated(run.info.run_id, "FAILED")  # it died after its last checkpoint, before its run ended
+    shutil.rmtree(store["ray"])
+
+    resumed = launch([*RL, "--keep-checkpoints", *common(store), "--resume"], store["dir"])
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    (run,) = runs(uri, "robust_loss")
+    assert run.info.status == "FINISHED" and run.data.tags[schema.TAG_RESUMED] == "1"
+    after = steps(client, run.info.run_id)
+    assert after == before and after["test_acc"] == [0, 1]
+    assert all(s == list(range(len(s))) for s in after.values()), after
