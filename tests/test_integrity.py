@@ -83,3 +83,13 @@ def test_a_point_resumed_from_its_final_checkpoint_logs_every_step_once(store):
     after = steps(client, run.info.run_id)
     assert after == before and after["test_acc"] == [0, 1]
     assert all(s == list(range(len(s))) for s in after.values()), after
+
+
+def test_a_loss_file_that_exits_at_import_is_refused_naming_it(tmp_path):
+    exits = tmp_path / "exits.py"
+    exits.write_text("import sys\nsys.exit(0)\n")
+    proc = launch(["robust_loss", "--grid", f"loss={exits}", "--grid", "seed=42",
+                   "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and f"loss file {str(exits)!r}" in proc.stderr and "SystemExit" in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
