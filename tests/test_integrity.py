@@ -93,3 +93,18 @@ def test_a_loss_file_that_exits_at_import_is_refused_naming_it(tmp_path):
     assert proc.returncode == 2 and f"loss file {str(exits)!r}" in proc.stderr and "SystemExit" in proc.stderr, \
         proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_malformed_or_future_lease_never_blocks_a_resume(store):
+    uri, client = store["uri"], MlflowClient(store["uri"])
+    assert launch([*TINY, *common(store)], store["dir"]).returncode == 0
+    (sweep,) = runs(uri, "poison_sensitivity", schema.KIND_SWEEP)
+    future = json.dumps({"holder": "elsewhere:1:abcd1234", "since": time.time(), "renewed": time.time() + 3600})
+    for value, force in (("not json", []), ('{"holder": 3}', ["--force"]), (future, [])):
+        client.set_tag(sweep.info.run_id, schema.TAG_LEASE, value)
+        resumed = launch([*TINY, *common(store), "--resume", *force], store["dir"], timeout=300)
+        assert resumed.returncode == 0, (value, resumed.stdout[-2000:] + resumed.stderr[-2000:])
+        assert "Traceback" not in resumed.stderr
+        assert f"{schema.TAG_LEASE}" in resumed.stdout and "taken over" in resumed.stdout, resumed.stdout[-2000:]
+    assert statuses(uri, "poison_sensitivity", schema.KIND_SWEEP) == ["FINISHED"]
+    assert schema.TAG_LEASE not in client.get_run(sweep.info.run_id).data.tags

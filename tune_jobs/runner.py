@@ -179,9 +179,11 @@ def _open_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]
                              f"this command asks for {requested}")
         lease = Lease(client, sweep.info.run_id)
         try:
-            lease.acquire(force=launch.force)
+            note = lease.acquire(force=launch.force)
         except LeaseHeld as held:
             raise UsageError(f"--resume: {held}; wait for it to end, or pass --force if that machine is dead") from None
+        if note:
+            print(f"{study.name}: {note}", flush=True)
         try:
             _check_unchanged(launch, SweepWriter(launch.tracking_uri, experiment_id, sweep.info.run_id, study.name))
         except UsageError:
