@@ -108,3 +108,53 @@ def test_a_malformed_or_future_lease_never_blocks_a_resume(store):
         assert f"{schema.TAG_LEASE}" in resumed.stdout and "taken over" in resumed.stdout, resumed.stdout[-2000:]
     assert statuses(uri, "poison_sensitivity", schema.KIND_SWEEP) == ["FINISHED"]
     assert schema.TAG_LEASE not in client.get_run(sweep.info.run_id).data.tags
+
+
+TELEMETRY_CHECK = """
+import json, os, runpy, sys
+which, uri, arg = sys.argv[1:4]
+if which == "analysis":
+    sys.argv = ["analysis.poison_sensitivity", "--tracking-uri", uri, "--experiment", "poison_sensitivity",
+                "--out", arg]
+    try:
+        runpy.run_module("analysis.poison_sensitivity", run_name="__main__")
+    except SystemExit:
+        pass
+elif which == "read_sweep":
+    from record.read import read_sweep
+    read_sweep("poison_sensitivity", uri)
+elif which == "load_model":
+    from analysis.models import load_model
+    load_model(arg, uri)
+import mlflow.telemetry
+print(json.dumps({"client": mlflow.telemetry.get_telemetry_client() is not None,
+                  "env": [os.environ.get("MLFLOW_DISABLE_TELEMETRY"), os.environ.get("DO_NOT_TRACK")]}))
+"""
+
+#: What MLflow takes for a CI or test run (telemetry off there anyway): a check under pytest must not inherit them.
+CI_MARKERS = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "JENKINS_URL", "TRAVIS",
+              "BUILDKITE", "TF_BUILD", "CODEBUILD_BUILD_ID", "BITBUCKET_BUILD_NUMBER", "DRONE", "TEAMCITY_VERSION")
+
+
+def user_env(**extra):
+    """A user's shell: no telemetry setting, no CI marker."""
+    env = {k: v for k, v in python_env().items()
+           if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *CI_MARKERS)}
+    return {**env, **extra}
+
+
+def test_telemetry_is_off_in_every_entry_point_unless_the_user_chose(store):
+    uri = store["uri"]
+    assert launch([*TINY, "--log-models", *common(store)], store["dir"]).returncode == 0
+    (run,) = runs(uri, "poison_sensitivity")
+    control = subprocess.run([PYTHON, "-c", "import mlflow.telemetry; print(mlflow.telemetry.get_telemetry_client())"],
+                             env=user_env(), capture_output=True, text=True, cwd=store["dir"])
+    assert control.stdout.strip() != "None", "the check can see telemetry on: " + control.stdout + control.stderr
+    for which, arg in (("analysis", str(store["dir"] / "out")), ("read_sweep", ""), ("load_model", run.info.run_id)):
+        proc = subprocess.run([PYTHON, "-c", TELEMETRY_CHECK, which, uri, arg], env=user_env(), capture_output=True,
+                              text=True, cwd=store["dir"], timeout=300)
+        seen = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert seen == {"client": False, "env": ["true", "true"]}, (which, seen, proc.stderr[-2000:])
+    chosen = subprocess.run([PYTHON, "-c", TELEMETRY_CHECK, "read_sweep", uri, ""], capture_output=True, text=True,
+                            env=user_env(MLFLOW_DISABLE_TELEMETRY="false"), cwd=store["dir"], timeout=300)
+    assert json.loads(chosen.stdout.strip().splitlines()[-1])["env"] == ["false", None], "a user's choice is kept"

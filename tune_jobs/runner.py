@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from record import schema
+from record import TELEMETRY_OFF, schema
 from record.runs import ui_link
 from record.store import (StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder,
                           store_gone, store_lock)
@@ -137,7 +137,8 @@ def set_private_defaults(tracking_timeout_s: float) -> None:
     bound = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(per_request)}
     for key, value in (PRIVATE_DEFAULTS | bound).items():
-        os.environ.setdefault(key, value)
+        if key not in TELEMETRY_OFF:  # record's own rule (both off unless the user set either)
+            os.environ.setdefault(key, value)
 
 
 def _packages_to_ship(ref: str) -> list[str]:
