@@ -158,3 +158,44 @@ def test_telemetry_is_off_in_every_entry_point_unless_the_user_chose(store):
     chosen = subprocess.run([PYTHON, "-c", TELEMETRY_CHECK, "read_sweep", uri, ""], capture_output=True, text=True,
                             env=user_env(MLFLOW_DISABLE_TELEMETRY="false"), cwd=store["dir"], timeout=300)
     assert json.loads(chosen.stdout.strip().splitlines()[-1])["env"] == ["false", None], "a user's choice is kept"
+
+
+def time_wait_on(port: int) -> bool:
+    lines = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout.splitlines()
+    return any(f"127.0.0.1:{port} " in line + " " for line in lines)
+
+
+def test_the_team_server_restarts_at_once_on_its_port_private_and_without_telemetry(tmp_path):
+    port = free_port()
+    # A server that crashed leaves the connections it closed first in TIME_WAIT on its port for ~60 s: make one.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()
+        time.sleep(0.2)
+        client.close()
+    assert time_wait_on(port), "the port holds a TIME_WAIT connection, as after a crash"
+    env = user_env(MLFLOW_AUTH_ADMIN_PASSWORD="a-long-admin-password-1")
+    with open(tmp_path / "server.out", "w+") as log:
+        server = subprocess.Popen([PYTHON, "-m", "tune_jobs.tracking_server", "--auth", "--port", str(port)],
+                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            try:
+                wait_for(lambda: server.poll() is None and urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health", timeout=2).status == 200, 120, "the restarted server")
+            except AssertionError:
+                log.seek(0)
+                raise AssertionError(log.read()[-2000:]) from None
+            folder = tmp_path / "mlruns" / "server"
+            modes = {name: (folder / name).stat().st_mode & 0o777 for name in ("mlflow.db", "basic_auth.db")}
+            assert modes == {"mlflow.db": 0o600, "basic_auth.db": 0o600}
+            (child,) = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            assert b"mlflow" in Path(f"/proc/{child}/cmdline").read_bytes()
+            assert {b"MLFLOW_DISABLE_TELEMETRY=true", b"DO_NOT_TRACK=true"} <= set(environ)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
