@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from mlflow.tracking import MlflowClient
 
@@ -104,12 +105,15 @@ class Lease:
                 f"its last heartbeat was {time.time() - held['renewed']:.0f} s ago (a lease expires after "
                 f"{self.ttl_s:.0f} s)")
 
-    def keep(self, tracking_uri: str) -> None:
-        """Renew the lease every ``renew_s`` in a daemon thread (its own client) until :meth:`release`."""
+    def keep(self, tracking_uri: str, store_there: Callable[[], bool] = lambda: True) -> None:
+        """Renew the lease every ``renew_s`` in a daemon thread (its own client) until :meth:`release`, while
+        ``store_there()`` (a SQLite file deleted meanwhile is not written to: that would create an empty one)."""
         client = MlflowClient(tracking_uri)
 
         def renew() -> None:
             while not self._stop.wait(self.renew_s):
+                if not store_there():
+                    return
                 try:
                     client.set_tag(self.sweep_id, schema.TAG_LEASE, self.value())
                 except Exception:  # noqa: BLE001 - a store that stopped answering is the launch's to report

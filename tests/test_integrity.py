@@ -199,3 +199,87 @@ def test_the_team_server_restarts_at_once_on_its_port_private_and_without_teleme
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
+
+
+def test_a_server_beyond_loopback_needs_allowed_hosts_and_a_launcher_it_refuses_says_so(store, tmp_path):
+    proc = subprocess.run([PYTHON, "-m", "tune_jobs.tracking_server", "--host", "0.0.0.0", "--insecure", "--port",
+                           str(free_port())], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--host 0.0.0.0 needs --allowed-hosts" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    server = TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts"), port=free_port(),
+                            allowed_hosts="mlflow.example:5000", log_file=tmp_path / "server.log")
+    with server:
+        proc = launch([*TINY, "--tracking-uri", server.uri, "--storage-path", store["ray"]], store["dir"], timeout=120)
+    assert proc.returncode == 2 and "HTTP 403" in proc.stderr and "--allowed-hosts" in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+
+
+FOUR = ["poison_sensitivity", "--grid", "poison_fraction=0,0.1,0.2,0.3", "--grid", "hidden_width=8",
+        "--grid", "seed=1", "--set", "epochs=15000", "--points-per-trial", "1"]  # 4 points of a few seconds each
+
+
+def test_a_sqlite_store_deleted_mid_sweep_is_said_never_claimed_and_never_re_created(store, tmp_path):
+    uri, db = store["uri"], store["dir"] / "mlflow.db"
+    with open(tmp_path / "deleted.log", "w+") as log:
+        driver = start([*FOUR, *common(store)], store["dir"], log)
+        # read only once the launch made the store (a reader's MLflow client would create it)
+        wait_for(lambda: db.exists() and n_finished(uri, "poison_sensitivity") >= 1, 300, "a finished point")
+        for name in (db.name, db.name + "-wal", db.name + "-shm"):
+            (store["dir"] / name).unlink(missing_ok=True)
+        status = driver.wait(timeout=600)
+        log.seek(0)
+        output = log.read()
+    assert status == 1, output[-3000:]
+    assert f"the tracking store {db} was deleted while the launch ran" in output, output[-3000:]
+    assert "grid points finished" not in output and "Traceback" not in output.split("error:")[-1], output[-3000:]
+    assert not db.exists(), "a worker or the launcher created a new store in its place"
+
+
+READER = """
+import sys, time
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+print("ready", flush=True)
+deadline, reads, errors = time.monotonic() + float(sys.argv[2]), 0, set()
+while time.monotonic() < deadline:
+    try:
+        mlflow.search_runs(experiment_ids=["0"])
+        reads += 1
+    except Exception as error:
+        errors.add(type(error).__name__)
+    time.sleep(0.02)
+print("reads", reads, sorted(errors), flush=True)
+"""
+
+
+def test_a_launch_survives_another_process_creating_the_same_new_store(tmp_path):
+    db = tmp_path / "new" / "mlflow.db"
+    db.parent.mkdir()
+    uri = f"sqlite:///{db}"
+    reader = subprocess.Popen([PYTHON, "-c", READER, uri, "25"], cwd=tmp_path, env=python_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"  # MLflow imported: it polls from before the launch
+        proc = launch([*TINY, "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")], tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    finally:
+        out = reader.communicate(timeout=120)[0]
+    assert "reads" in out and int(out.split()[1]) > 0, out
+    assert statuses(uri, "poison_sensitivity") == ["FINISHED"]
+
+
+def test_a_disk_that_fills_while_the_store_is_created_exits_2_naming_the_store(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = f"mount -t tmpfs -o size=160k tmpfs {folder}"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no tmpfs mount here: {probe.stderr.strip()}")
+    db = folder / "mlflow.db"
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", PYTHON, "-m", "tune_jobs",
+                           *TINY, "--tracking-uri", f"sqlite:///{db}", "--storage-path", str(tmp_path / "ray")],
+                          cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"the tracking store {db} cannot be created: the disk is full" in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "the disk is full" in proc.stderr.strip().splitlines()[-1]

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from record import TELEMETRY_OFF, schema
 from record.runs import ui_link
-from record.store import (StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder,
-                          store_gone, store_lock)
+from record.store import (StoreError, StoreReplaced, TrackingUnavailable, check_reachable, check_store,
+                          prepare_store, private_folder, sqlite_path, store_gone, store_identity, store_lock)
 from tune_jobs.cli import Launch, UsageError, fail_usage, parse_launch
 from tune_jobs.provenance import provenance_tags
 from tune_jobs.space import Shared
@@ -220,20 +220,19 @@ def _search_params(launch: Launch) -> dict[str, Any]:
     return params
 
 
-def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lease]:
+def _open_tracking(launch: Launch, uri: str,
+                   identity: tuple[int, int] | None = None) -> tuple[SweepWriter, set[str], Lease]:
     """The sweep's parent run (opened, or found for ``--resume``), the points it already finished, its lease.
 
     For a new sweep this runs in a thread while Ray starts (the driver's first
     MLflow import happens here); a small artifact on the parent proves the
     artifact store takes writes before any point trains.
     """
-    from mlflow.tracking import MlflowClient
-
-    from record.runs import get_or_create_experiment
+    from record.runs import get_or_create_experiment, open_client
     from record.write import SweepWriter, check_artifacts
 
     with store_lock(uri):  # a new SQLite store's tables are created once (by the client), not by two at a time
-        client = MlflowClient(uri)
+        client = open_client(uri)  # ...and a process that is no launch creating them meanwhile is waited for
         experiment_id = get_or_create_experiment(client, launch.experiment, uri)
     sweep_id, lease = _open_sweep(client, launch, experiment_id)
     sweep = SweepWriter(uri, experiment_id, sweep_id, launch.study.name)
@@ -243,7 +242,7 @@ def _open_tracking(launch: Launch, uri: str) -> tuple[SweepWriter, set[str], Lea
     except Exception as error:
         _abandon(sweep, lease, error)
         raise
-    lease.keep(uri)
+    lease.keep(uri, (lambda: store_identity(uri) == identity) if identity is not None else (lambda: True))
     return sweep, finished, lease
 
 
@@ -335,10 +334,10 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     storage = private_folder(Path(launch.storage_path or "~/ray_results").expanduser().absolute(), "--storage-path")
     set_private_defaults(launch.tracking_timeout)
     check_reachable(uri)
-    prepare_store(uri)
+    identity = prepare_store(uri)  # a SQLite store's file: the workers and the end of the launch check it is still it
     _check_ray_address(launch.address)
     if launch.resume:  # the lease and the record's checks come before anything starts
-        sweep, finished, lease = _open_tracking(launch, uri)
+        sweep, finished, lease = _open_tracking(launch, uri, identity)
         try:
             _start_ray(launch)
         except BaseException as error:
@@ -346,7 +345,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
             raise
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:  # the tracking store opens while Ray starts (in this thread)
-            opening = pool.submit(_open_tracking, launch, uri)
+            opening = pool.submit(_open_tracking, launch, uri, identity)
             try:
                 _start_ray(launch)
             except BaseException as error:
@@ -365,6 +364,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                    "gpus_per_trial": launch.gpus_per_trial, "point_timeout": launch.point_timeout,
                    "log_models": launch.log_models, "checkpoint_every": launch.checkpoint_every,
                    "keep_checkpoints": launch.keep_checkpoints, "system_metrics": launch.system_metrics,
+                   "store_identity": identity,
                    "provenance": {k: v for k, v in provenance_tags(launch.study_ref, launch.argv).items()
                                   if k != schema.TAG_COMMAND}}
         if launch.searching:
@@ -372,7 +372,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                   f"finished), one per Ray trial, tracking {uri}, experiment {launch.experiment!r}, sweep "
                   f"{sweep.sweep_id}", flush=True)
             try:
-                lost = _run_search(launch, _experiment_path(launch, sweep, storage), context)
+                lost = _run_search(launch, _experiment_path(launch, sweep, storage), context, identity)
             except KeyboardInterrupt:
                 interrupted = True
         else:
@@ -387,7 +387,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                 trials = [Shared(context={**context, "n_points": len(pending), "point_dims": launch.point_dims},
                                  points=chunk) for chunk in chunks]
                 try:
-                    lost, reported = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials)
+                    lost, reported = _run_tuner(launch, _experiment_path(launch, sweep, storage), trials, identity)
                     reported = None if reported is None else reported | finished
                 except KeyboardInterrupt:
                     interrupted = True
@@ -397,6 +397,13 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         raise
     # In this thread, with nothing else running: Ray exits the process if its worker is touched mid-shutdown.
     ray.shutdown()
+    try:  # nothing is claimed, nor written, for a SQLite store that is no longer the file the launch opened
+        check_store(uri, identity)
+    except StoreReplaced as error:
+        raise TrackingLost(f"{error}: sweep {sweep.sweep_id} and the runs written to it cannot be read back from "
+                           f"{sqlite_path(uri)} (a run written after that went to a file no one can open); nothing "
+                           "is recorded as finished. Restore the file to continue with --resume "
+                           f"{sweep.sweep_id}, or start a new sweep") from None
     if lost is not None:
         raise TrackingLost(f"the tracking store {uri} stopped answering ({lost}); the launch stopped. Nothing is "
                            f"lost: every point whose run is FINISHED there is recorded, the others run again with "
@@ -521,7 +528,8 @@ def _restored(launch: Launch, experiment_path: str, trainable):
     return tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
 
 
-def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> tuple[str | None, set[str] | None]:
+def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict],
+               identity: tuple[int, int] | None = None) -> tuple[str | None, set[str] | None]:
     """Run the trials as a Ray Tune experiment at ``experiment_path``.
 
     If that experiment exists (a ``--resume`` on the machine that ran it), Ray
@@ -552,18 +560,29 @@ def _run_tuner(launch: Launch, experiment_path: str, trials: list[dict]) -> tupl
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures),
             ),
         )
-    return _fit(launch, tuner), (progress.finished if progress is not None else None)
+    return _fit(launch, tuner, identity), (progress.finished if progress is not None else None)
 
 
-def _fit(launch: Launch, tuner) -> str | None:
+def _fit(launch: Launch, tuner, identity: tuple[int, int] | None = None) -> str | None:
     """Run the Tuner; the error if the tracking store stopped answering (which ends the run), else None."""
     try:
         tuner.fit()
     except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
-        if not store_gone(launch.tracking_uri):
+        if not store_gone(launch.tracking_uri, identity):
             raise
-        return f"{type(error).__name__}: {error}".splitlines()[0]
+        return _lost_reason(error)
     return None
+
+
+def _lost_reason(error: BaseException) -> str:
+    """What a Ray trial said when it lost the tracking store, from the error Ray Tune ends the run with (its text is
+    a whole traceback: the worker's report, else the traceback's last line, says what happened)."""
+    lines = [line.strip() for line in f"{type(error).__name__}: {error}".splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "TrackingLostError:" in line and line.partition("TrackingLostError:")[2].strip():
+            return line.partition("TrackingLostError:")[2].strip()[:500]
+    told = [line for line in lines if not line.startswith(("Traceback", "File ", "^", "~")) and ":" in line]
+    return (told[-1] if told else lines[-1] if lines else type(error).__name__)[:500]
 
 
 def _describe_search(launch: Launch) -> str:
@@ -577,7 +596,8 @@ def _describe_search(launch: Launch) -> str:
     return ", ".join(parts)
 
 
-def _run_search(launch: Launch, experiment_path: str, context: dict[str, Any]) -> str | None:
+def _run_search(launch: Launch, experiment_path: str, context: dict[str, Any],
+                identity: tuple[int, int] | None = None) -> str | None:
     """A search (or a scheduled grid) as Ray Tune sees it: the grid points as ``grid_search`` over ``base``, each
     searched key as Ray Tune's sampler, ``num_samples``, and the search algorithm and scheduler asked for.
 
@@ -628,7 +648,7 @@ def _run_search(launch: Launch, experiment_path: str, context: dict[str, Any]) -
                 callbacks=[PointProgress(study.metrics)],
                 failure_config=tune.FailureConfig(max_failures=launch.max_failures)),
         )
-    return _fit(launch, tuner)
+    return _fit(launch, tuner, identity)
 
 
 def main(ref: str, argv: list[str] | None = None) -> int:

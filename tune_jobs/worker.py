@@ -21,7 +21,7 @@ from typing import Any
 from core.point import NO_HOOKS, PointContext, TrainedModel
 from record.checkpoints import checkpoint_note
 from record.schema import MODEL_WEIGHTS
-from record.store import store_gone
+from record.store import check_store, store_gone
 from record.write import SweepWriter
 from tune_jobs.progress import POINTS, TRACKING_LOST
 from tune_jobs.study import load_study
@@ -313,14 +313,17 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
 
     from core.training import select_device  # torch: here, not where the launcher imports this module
 
-    uri = context["tracking_uri"]
-    writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name, context.get("provenance", {}))
+    uri, identity = context["tracking_uri"], context.get("store_identity")
     device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
     threads = max(1, int(context["cpus_per_trial"]))
     ray_trial = tune.get_context().get_trial_id()
     interval = context.get("system_metrics", 0)
     failures, reports = [], _Reports()
     try:
+        # The store the launch opened, not a new one: MLflow would create an empty store where a SQLite file went
+        check_store(uri, identity)
+        writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name,
+                             context.get("provenance", {}))
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
         earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
@@ -337,6 +340,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
         if not together:  # the skipped points' outcomes go now, each computed point's as it ends
             reports.release()
         for index, point, config, run in pending:
+            check_store(uri, identity)  # a point's runs go nowhere else (a store gone ends the Ray trial, reported)
             hooks = None
             if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
                 hooks = RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
@@ -366,7 +370,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
             except PointTimeout:
                 error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on
-                if store_gone(uri):
+                if store_gone(uri, identity):
                     raise
                 error = raised
             else:
@@ -377,7 +381,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
             reports.send({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
         reports.release()
     except Exception as error:
-        if store_gone(uri):
+        if store_gone(uri, identity):
             tune.report({"status": TRACKING_LOST, "error": f"{type(error).__name__}: {error}"[:500]})
         raise
     if failures:
@@ -430,7 +434,7 @@ def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, s
             if len(results) != len(pending):
                 raise ValueError(f"run_points returned {len(results)} results for {len(pending)} points")
     except Exception as error:  # noqa: BLE001 - PointTimeout included: the points run alone instead
-        if store_gone(context["tracking_uri"]):
+        if store_gone(context["tracking_uri"], context.get("store_identity")):
             raise
         print(f"robustlab: {len(runs)} points computed together failed ({type(error).__name__}: {error}); "
               "computing them one by one", flush=True)
