@@ -80,7 +80,7 @@ def correlations(by_width: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict[s
     its p, and seed-bootstrap 95% intervals of both (None where not available)."""
     from scipy.stats import spearmanr
 
-    from core.metrics import pearson_with_ci
+    from core.fits import pearson_with_ci
 
     out: dict[str, dict[str, dict]] = {}
     for dataset, rows in by_width.groupby("dataset"):

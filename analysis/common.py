@@ -261,7 +261,7 @@ def exit_process(status: int) -> NoReturn:
     """``sys.exit(status)`` for a command's ``__main__``, without the interpreter's last full garbage collection.
 
     MLflow, pandas (and in launchers torch and Ray) leave up to a million
-    objects behind; walking them at exit took ~1.5 s.  ``gc.freeze()`` puts
+    objects behind, and walking them at exit is slow.  ``gc.freeze()`` puts
     them out of the collector's reach; reference counting still frees them.
     """
     gc.freeze()

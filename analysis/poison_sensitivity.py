@@ -35,7 +35,7 @@ def aggregate(runs: pd.DataFrame, size: str = "hidden_width") -> pd.DataFrame:
 
 def fit_size(points: pd.DataFrame, chance: float) -> dict:
     """Sigmoid fit, threshold and gen gap of one model size's aggregate points (sorted by fraction)."""
-    from core.metrics import first_crossing, fit_descending_sigmoid
+    from core.fits import first_crossing, fit_descending_sigmoid
 
     points = points.sort_values("poison_fraction")
     x = points["poison_fraction"].to_numpy()
@@ -103,7 +103,7 @@ def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict
 def _refit(means: np.ndarray, x: np.ndarray, starts: list, chance: float) -> tuple[np.ndarray, np.ndarray]:
     """k and threshold of the sigmoid refitted to each resample's means ``(resamples, sizes, fractions)``, each
     size's fit starting from ``starts`` (NaN where a fit fails; +inf where it never reaches the midpoint)."""
-    from core.metrics import first_crossing, fit_descending_sigmoid
+    from core.fits import first_crossing, fit_descending_sigmoid
 
     thresholds = np.full(means.shape[:2], np.nan)
     ks = np.full(means.shape[:2], np.nan)

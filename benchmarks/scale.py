@@ -117,10 +117,10 @@ STARTUP = {  # what each process imports before its first point, run in a fresh 
         "load_study({study!r})",
     "a local Ray's start, one task and stop, Ray's own settings":
         "import os; os.environ['RAY_AUTH_MODE'] = 'token'; os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'; "
-        "from tune_jobs.runner import LOCAL_RAY_INIT; import ray; ray.init(**LOCAL_RAY_INIT); "
+        "from tune_jobs.ray_env import LOCAL_RAY_INIT; import ray; ray.init(**LOCAL_RAY_INIT); "
         "ray.get(ray.remote(lambda: 0).remote()); ray.shutdown()",
     "a local Ray's start, one task and stop, the launcher's settings":
-        "from tune_jobs.runner import LOCAL_RAY_INIT, local_ray_settings; local_ray_settings(); "
+        "from tune_jobs.ray_env import LOCAL_RAY_INIT, local_ray_settings; local_ray_settings(); "
         "import ray; ray.init(**LOCAL_RAY_INIT); ray.get(ray.remote(lambda: 0).remote()); ray.shutdown()",
 }
 

@@ -148,6 +148,20 @@ def decode(text: str, kind: str | None, name: str = "value") -> Any:
     return text
 
 
+def decode_number(text: str, name: str = "value") -> bool | int | float:
+    """A value of no declared type that must be a number or a bool (``true``/``false``, any case): an int where
+    the text is one, else a float (an open param's ``--set loss.q=0.5``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in ("int", "float"):
+        try:
+            return decode(text, kind, name)
+        except DecodeError:
+            continue
+    raise DecodeError(f"{text!r} is not a number or true/false")
+
+
 def infer(text: str) -> Any:
     """A value from text alone (sweeps without recorded types): None, bool, int, float, a tuple of numbers, or str."""
     if text == "None":
@@ -179,3 +193,39 @@ def decode_types(text: str | None) -> dict[str, str]:
 def point_key(dims: Sequence[str], values: Mapping[str, Any]) -> str:
     """Stable identity of a grid point: ``dim=value`` pairs in grid order."""
     return " ".join(f"{d}={encode(values[d])}" for d in dims)
+
+
+_TUPLE = "__tuple__"
+
+
+def pack(values: Mapping[str, Any]) -> str:
+    """A point's field values as one JSON text that round-trips exactly (:func:`unpack`): tuples stay tuples
+    (nested too), lists lists; numbers, bools, None and strings as they are.
+
+    Configs cross Ray (param space, Ray Tune's saved experiment, restore) in this form: Ray Tune keeps a config
+    as JSON, where a tuple would come back a list.
+    """
+    def tag(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return {_TUPLE: [tag(v) for v in value]}
+        if isinstance(value, list):
+            return [tag(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): tag(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(tag(dict(values)), separators=(",", ":"))
+
+
+def unpack(text: str) -> dict[str, Any]:
+    """The values :func:`pack` wrote."""
+    def untag(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {_TUPLE}:
+                return tuple(untag(v) for v in value[_TUPLE])
+            return {k: untag(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [untag(v) for v in value]
+        return value
+
+    return untag(json.loads(text))

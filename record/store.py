@@ -1,7 +1,7 @@
 """Which MLflow store a command talks to: its tracking URI, resolved and checked before anything starts.
 
 No MLflow import here: a launch validates its flags and starts Ray before it
-pays for MLflow's (~2 s), so the two overlap.
+pays for MLflow's, so the two overlap.
 """
 
 from __future__ import annotations

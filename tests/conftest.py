@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_jobs.runner import local_ray_settings
+from tune_jobs.ray_env import local_ray_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

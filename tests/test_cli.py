@@ -6,7 +6,8 @@ import time
 import pytest
 
 from conftest import PYTHON, python_env
-from tune_jobs.cli import UsageError, parse_launch
+from tune_jobs.cli import parse_launch
+from tune_jobs.launch import UsageError
 from tune_jobs.studies.poison_sensitivity import STUDY
 
 
@@ -25,11 +26,20 @@ from tune_jobs.studies.poison_sensitivity import STUDY
     (["--set", "lr=fast"], "lr: expected float, got 'fast'"),
     (["--cpus-per-trial", "-1"], "--cpus-per-trial must be >= 0, got -1.0"),
     (["--max-concurrent", "0"], "--max-concurrent must be >= 1, got 0"),
+    (["--cpus-per-trial", "nan"], "--cpus-per-trial must be a finite number, got nan"),
+    (["--experiment", "../elsewhere"], "--experiment must be a non-empty name"),
+    (["--experiment", "/tmp/abs"], "--experiment must be a non-empty name"),
 ])
 def test_bad_values_name_the_key_and_value(argv, message):
     with pytest.raises(UsageError) as error:
         parse_launch(STUDY, argv)
     assert message in str(error.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "sweep.yaml").write_bytes(b"grid:\n  seed: \xff\xfe\n")
+    with pytest.raises(UsageError, match="--config .*sweep.yaml"):
+        parse_launch(STUDY, ["--config", str(tmp_path / "sweep.yaml")])
 
 
 def test_negative_epsilon_and_unknown_dataset_are_named():
@@ -97,3 +107,16 @@ def test_seeds_take_the_first_n_of_the_documented_list_or_an_explicit_one():
                           (["--seeds", "3", "--grid", "seed=1"], "both set the seeds")):
         with pytest.raises(UsageError, match=message):
             parse_launch(STUDY, argv)
+
+
+def test_each_fields_rule_is_declared_once_and_shown_by_help():
+    """A config's RULES check its values (the message names the rule) and --help shows the same rule."""
+    from core.validation import field_rules
+    from tune_jobs.cli import build_parser
+
+    help_text = " ".join(build_parser(STUDY, "prog").format_help().split())
+    assert "epochs=200 (>= 1)" in help_text and "poison_fraction (default 0.0,0.01" in help_text
+    for name, rule in field_rules(STUDY.config_type).items():
+        assert f"{name}=" in help_text or f"{name} (default" in help_text
+        with pytest.raises(UsageError, match=f"{name} must be"):
+            parse_launch(STUDY, ["--grid" if name in STUDY.grid else "--set", f"{name}=-1000"])

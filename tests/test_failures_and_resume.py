@@ -75,3 +75,49 @@ def test_sigkilled_driver_resumes_without_loss_or_duplicates(store):
     from test_poison_full_table import ONE_THREAD
 
     assert table == ONE_THREAD, "the resumed sweep gives the uninterrupted sweep's table"
+
+
+SLOW_CE = """
+import time
+import torch.nn.functional as F
+
+class RobustLoss:
+    def compute_loss(self, logits, labels, epoch):
+        time.sleep(0.2)  # slow enough to be interrupted mid-point; the numbers are cross-entropy's
+        return F.cross_entropy(logits, labels)
+"""
+
+
+def test_an_interrupted_robust_loss_sweep_resumes_from_ray_tunes_saved_experiment(store, tmp_path):
+    """Ctrl-C, then --resume with the same --storage-path: Ray Tune restores its experiment, whose saved configs
+    hold the loss's tuple of hyperparameters; the point continues once, with the uninterrupted numbers."""
+    loss = tmp_path / "slow_ce.py"
+    loss.write_text(SLOW_CE)
+    common = ["--grid", f"loss={loss}", "--grid", "seed=42", "--set", "epochs=3", "--checkpoint-every", "1",
+              "--system-metrics", "0", "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+    command = [PYTHON, "-m", "tune_jobs", "robust_loss", *common, "--experiment", "interrupted"]
+    driver = subprocess.Popen(command, cwd=store["dir"], env=python_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, client = time.monotonic() + 300, MlflowClient(store["uri"])
+    while time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        try:
+            runs = _children(store["uri"], "interrupted")
+        except Exception:  # the experiment may not exist yet
+            continue
+        if runs and client.get_run(runs[0].info.run_id).data.tags.get(schema.TAG_CHECKPOINT):
+            break
+    assert driver.poll() is None, "the point must still be training when interrupted"
+    os.killpg(driver.pid, signal.SIGINT)
+    assert driver.wait(timeout=120) != 0
+    resumed = subprocess.run(command + ["--resume"], cwd=store["dir"], env=python_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "restoring the Ray Tune experiment" in resumed.stdout
+    assert main("robust_loss", [*common, "--experiment", "uninterrupted"]) == 0
+    (run,) = [r for r in _children(store["uri"], "interrupted") if r.info.status == "FINISHED"]
+    (plain,) = _children(store["uri"], "uninterrupted")
+    for key in ("train_loss", "test_acc", "poison_fit"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [0, 1, 2], key
+    for key in ("test_acc", "poison_fit", "robust_score", "final_train_loss"):
+        assert run.data.metrics[key] == plain.data.metrics[key], key

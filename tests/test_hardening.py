@@ -255,7 +255,7 @@ def test_private_by_default(tmp_path):
     store = tmp_path / "mlruns"
     assert (store.stat().st_mode & 0o777, (store / "mlflow.db").stat().st_mode & 0o777,
             (store / "artifacts").stat().st_mode & 0o777) == (0o700, 0o600, 0o700)
-    check = ("import os; from tune_jobs.runner import set_private_defaults; set_private_defaults(120); "
+    check = ("import os; from tune_jobs.ray_env import set_private_defaults; set_private_defaults(120); "
              "print(os.environ['RAY_USAGE_STATS_ENABLED'], os.environ['MLFLOW_DISABLE_TELEMETRY'], "
              "os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])")
     defaults = subprocess.run([PYTHON, "-c", check], env=python_env(), capture_output=True, text=True)

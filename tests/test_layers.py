@@ -1,4 +1,5 @@
-"""Dependencies point one way: core knows no Ray or MLflow, the record no torch, Ray or launcher, analysis no launcher.
+"""Dependencies point one way, as README's "Layout" states: core knows no Ray or MLflow, the record no torch, Ray
+or launcher, analysis no launcher and of core only its torch-free statistics (core.fits, core.stats).
 
 Checked twice: on the source (every import statement, also inside functions)
 and in fresh processes (what importing every module of a package loads).
@@ -20,6 +21,9 @@ FORBIDDEN = {  # package -> top-level modules it must never import
 # Loading a trained model needs torch; that module imports it inside its one function (so the fresh-process test
 # below still finds torch unloaded by importing analysis).
 EXCEPTIONS = {"analysis/models.py": {"torch"}}
+#: package -> the only modules of core it may import (None: any)
+CORE_ALLOWED = {"analysis": {"core.fits", "core.stats"}}
+CORE_EXCEPTIONS = {"analysis/models.py": {"core.models"}}
 
 
 def imported_modules(path) -> set[str]:
@@ -38,6 +42,9 @@ def test_no_source_file_imports_across_the_layer(package):
     for path in sorted((ROOT / package).rglob("*.py")):
         allowed = EXCEPTIONS.get(str(path.relative_to(ROOT)), set())
         bad = {name for name in imported_modules(path) if name.split(".")[0] in FORBIDDEN[package] - allowed}
+        if package in CORE_ALLOWED:
+            fine = CORE_ALLOWED[package] | CORE_EXCEPTIONS.get(str(path.relative_to(ROOT)), set())
+            bad |= {name for name in imported_modules(path) if name.split(".")[0] == "core" and name not in fine}
         if bad:
             offending[str(path.relative_to(ROOT))] = sorted(bad)
     assert not offending, offending

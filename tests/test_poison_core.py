@@ -9,7 +9,8 @@ from core.poisoning import next_class_flip, random_label_flip
 from core.point import PLAIN
 from core.studies.poison_sensitivity import PoisonSensitivityConfig, make_split, run_point, run_points, train
 from core.synthetic import gaussian_clusters
-from core.training import dataloader_epoch_order, fit_mlp, fit_mlps_sgd, nll_mean, seeded_mlp, torch_threads
+from core.fast_mlp import fit_mlp, fit_mlps_sgd, nll_mean
+from core.training import dataloader_epoch_order, seeded_mlp, torch_threads
 
 
 def test_gaussian_clusters_statistics():

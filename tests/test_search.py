@@ -111,9 +111,10 @@ def test_a_yaml_file_holds_the_same_flags(store, tmp_path):
     with pytest.raises(SystemExit):  # two seeds: Optuna takes no grid
         main("robust_loss", ["--config", str(tmp_path / "sweep.yaml"), "--tracking-uri", store["uri"]])
     launch = parse_launch(STUDY, ["--config", str(tmp_path / "sweep.yaml"), "--grid", "seed=1"])
-    assert (launch.search, launch.num_samples, launch.metric, launch.scheduler, launch.grace_period) == (
+    search = launch.search
+    assert (search.algorithm, search.num_samples, search.metric, search.scheduler, search.grace_period) == (
         "optuna", 40, "val_acc", "asha", 2)
-    assert [d.describe() for d in launch.space] == ["uniform(0.1,1.0)", "loguniform(0.01,0.3)"]
+    assert [d.describe() for d in search.space] == ["uniform(0.1,1.0)", "loguniform(0.01,0.3)"]
     assert launch.points[0].epochs == 12 and launch.points[0].val_fraction == 0.1 and launch.n_points == 40
     (tmp_path / "bad.yaml").write_text("serach: optuna\n")
     with pytest.raises(SystemExit) as exit_:

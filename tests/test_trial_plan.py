@@ -2,7 +2,7 @@
 
 import pytest
 
-from tune_jobs.runner import _plan_trials
+from tune_jobs.tuner import plan_trials
 
 
 @pytest.mark.parametrize("n_points, points_per_trial, slots, sizes", [
@@ -14,7 +14,7 @@ from tune_jobs.runner import _plan_trials
 ])
 def test_trials_keep_the_order_cap_the_size_and_fill_the_slots(n_points, points_per_trial, slots, sizes):
     points = list(range(n_points))
-    trials = _plan_trials(points, points_per_trial, slots)
+    trials = plan_trials(points, points_per_trial, slots)
     assert [len(t) for t in trials] == sizes
     assert [p for t in trials for p in t] == points
 
@@ -35,3 +35,35 @@ def test_ray_tune_makes_each_trial_from_its_own_grid_value_without_copying_the_o
     assert len(configs) == 50 and all(made is given for made, given in zip(configs, trials))
     restored = pickle.loads(pickle.dumps(trials[7]))
     assert type(restored) is Shared and restored == trials[7] and restored["points"][0]["widths"] == (8, 8)
+
+
+def test_a_point_crosses_ray_tunes_saved_experiment_exactly():
+    """Ray Tune keeps a trial's config as JSON (a tuple would come back a list: the robust_loss --resume defect);
+    a packed point and the typed context come back exactly, whatever field types the study declares."""
+    import json
+    from dataclasses import dataclass
+
+    from ray.tune.utils.serialization import TuneFunctionDecoder, TuneFunctionEncoder
+
+    from tune_jobs.trial import TrialContext, grid_trial, pack_point, trial_context
+
+    @dataclass(frozen=True)
+    class Config:
+        pairs: tuple = (("q", 0.7), ("beta", 1))
+        widths: list = (8, 16)
+        nested: tuple = ((1, (2, 3)), ())
+        flag: bool = True
+        nothing: object = None
+        name: str = "a,b=c"
+        tiny: float = 1e-300
+
+    config = Config(widths=[8, 16])
+    context = TrialContext(study="m:STUDY", tracking_uri="sqlite:///x.db", experiment_id="1", sweep_id="s",
+                           n_points=1, point_dims=("pairs",), provenance={"k": "v"})
+    saved = json.dumps({"trial": grid_trial(context, [pack_point(config)])}, cls=TuneFunctionEncoder)
+    restored = json.loads(saved, cls=TuneFunctionDecoder, allow_cloudpickle=True)  # as Ray Tune's restore does
+    assert trial_context(restored) == context
+    from record.schema import unpack
+
+    assert Config(**unpack(restored["trial"]["points"][0])) == config
+    assert json.loads(json.dumps({"p": config.pairs}))["p"] != config.pairs, "plain JSON would not round-trip"

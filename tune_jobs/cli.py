@@ -1,4 +1,5 @@
-"""The command line every study shares: grid and protocol overrides, tracking, Ray resources."""
+"""The command line every study shares: ``--help`` in the groups of :class:`tune_jobs.launch.Launch`, and
+:func:`parse_launch`, which validates everything before Ray starts (a :class:`UsageError` names the bad value)."""
 
 from __future__ import annotations
 
@@ -6,88 +7,16 @@ import argparse
 import dataclasses
 import math
 import sys
-import typing
-from dataclasses import dataclass
 from typing import Any
 
 from analysis.common import exit_process  # noqa: F401  (the launchers exit through it too)
-from record.schema import DecodeError, decode, encode, type_name
+from core.validation import check_int, check_real, field_rules
+from record.schema import encode
 from record.store import StoreError, resolve_tracking_uri
-from tune_jobs.space import Dimension, SpaceError, parse_dimension
+from tune_jobs.config_file import expand_config
+from tune_jobs.launch import Compute, Launch, Outputs, Tracking, UsageError
+from tune_jobs.search import parse_search, parse_value, split_assignment, with_points
 from tune_jobs.study import BUILTIN_PACKAGE, SEEDS, Study
-
-
-class UsageError(ValueError):
-    """A bad command-line value; the launcher prints it and exits with status 2."""
-
-
-def parse_value(study: Study, key: str, text: str) -> Any:
-    """Convert ``text`` to the type of config field ``key`` (the record's codec: :func:`record.schema.decode`)."""
-    try:
-        return decode(text, type_name(study.field_types[key]), key)
-    except DecodeError as error:
-        raise UsageError(str(error)) from None
-
-
-def _split_assignment(option: str, text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UsageError(f"{option} takes KEY=VALUE, got {text!r}")
-    return key.strip(), value
-
-
-@dataclass(frozen=True)
-class Launch:
-    """A validated launch request: the points to run and where/how to run them."""
-
-    study: Study
-    study_ref: str
-    grid: dict[str, tuple]
-    fixed: dict[str, Any]
-    points: list[Any]
-    tracking_uri: str
-    experiment: str
-    address: str | None
-    cpus_per_trial: float
-    gpus_per_trial: float
-    max_concurrent: int | None
-    max_failures: int
-    points_per_trial: int
-    resume: str | None
-    force: bool
-    storage_path: str | None
-    analyze_out: str | None
-    switches: dict[str, bool]
-    tracking_timeout: float
-    point_timeout: float | None
-    wait_for_resources: bool
-    log_models: bool = False
-    system_metrics: float = 0.0
-    checkpoint_every: int | None = None
-    keep_checkpoints: bool = False
-    search: str = "grid"
-    space: tuple[Dimension, ...] = ()
-    num_samples: int = 1
-    metric: str | None = None
-    mode: str | None = None
-    scheduler: str = "fifo"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-    search_seed: int = 0
-    packed: bool = False
-    point_dims: tuple[str, ...] | None = None
-    argv: tuple[str, ...] = ()  # the flags as given (the record's command to run the launch again)
-
-    @property
-    def searching(self) -> bool:
-        """Ray Tune samples points (a search space) or stops them early: one point per Ray trial. A random search
-        of a study that packs cheap points is sampled on the driver instead (``packed``) and runs as a grid."""
-        return (self.search != "grid" and not self.packed) or self.scheduler != "fifo"
-
-    @property
-    def n_points(self) -> int:
-        """Points the launch evaluates: the grid's, each repeated ``num_samples`` times by a search."""
-        return len(self.points) if self.packed or self.search == "grid" else len(self.points) * self.num_samples
 
 
 def _seeds(text: str, also_grid: bool) -> tuple[int, ...]:
@@ -110,14 +39,8 @@ def _seeds(text: str, also_grid: bool) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
-    dims = ", ".join(f"{d} (default {encode(v)})" for d, v in study.grid.items())
-    fixed = ", ".join(f"{k}={encode(v)}" for k, v in study.defaults().items())
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _protocol_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Grid and protocol: what to run."""
     g = parser.add_argument_group("grid and protocol")
     g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="replace one grid dimension's values (repeatable); keys are the MLflow param names")
@@ -125,8 +48,15 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
         g.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
                        help="the seed dimension: the first N of the fixed list 42, 123, 7, 1, 2, 3, 4, 5, 6, 8, ... "
                             "(--seeds 10: 42, 123, 7, 1, 2, 3, 4, 5, 6, 8), or these seeds (same as --grid seed=...)")
+    g.add_argument("--config", metavar="FILE.yaml",
+                   help="read flags from a YAML mapping (the flags' names as keys; see README); flags given on the "
+                        "command line come after it")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one fixed protocol value (repeatable), e.g. --set epochs=50")
+
+
+def _tracking_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Tracking (MLflow): where the sweep is recorded."""
     t = parser.add_argument_group("tracking (MLflow)")
     t.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db "
@@ -143,6 +73,10 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                    help="give up on a tracking server that stops answering after about this long (default: "
                         "%(default)g; MLflow's own retries take up to a third of it, so a server back within "
                         "~30 s loses nothing); then the launch stops and says how to resume")
+
+
+def _compute_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Compute (Ray): what runs the points."""
     r = parser.add_argument_group("compute (Ray)")
     r.add_argument("--address", default=None,
                    help="join an existing Ray cluster ('auto' finds a local one); default: start a local Ray "
@@ -165,7 +99,15 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     r.add_argument("--wait-for-resources", action="store_true",
                    help="wait for a node that can hold a Ray trial (a cluster whose autoscaler adds nodes); "
                         "by default a request no node can meet exits with status 2 before any Ray trial")
+
+
+def _search_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Search and early stopping (Ray Tune)."""
     q = parser.add_argument_group("search and early stopping (Ray Tune)")
+
+    def shown(text: str) -> str:  # the scheduler's flags, for studies that report every epoch (else refused)
+        return text if study.checkpoints else argparse.SUPPRESS
+
     q.add_argument("--search", choices=("grid", "random", "optuna"), default="grid",
                    help="grid (default): every --grid point; random: Ray Tune's random sampling of --space; optuna: "
                         "Ray Tune's OptunaSearch (TPE) over --space, guided by --metric/--mode")
@@ -176,24 +118,25 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
     q.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="samples of the space per grid point, as Ray Tune's num_samples (default: 1)")
     q.add_argument("--metric", default=None,
-                   help="what the searcher/scheduler optimises: "
-                        + (", ".join(study.search_metrics) + " (validation metrics)" if study.search_metrics
-                           else "this study reports no validation metric"))
-    q.add_argument("--mode", choices=("max", "min"), default=None, help="maximise or minimise --metric")
+                   help="what the searcher/scheduler optimises: " + ", ".join(study.search_metrics)
+                        + " (validation metrics)" if study.search_metrics else argparse.SUPPRESS)
+    q.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="maximise or minimise --metric" if study.search_metrics else argparse.SUPPRESS)
     q.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
-                   help="fifo (default): every point runs to the end; asha: Ray Tune's ASHAScheduler stops poor "
-                        "points early (studies that report every epoch)")
+                   help=shown("fifo (default): every point runs to the end; asha: Ray Tune's ASHAScheduler stops "
+                              "poor points early"))
     q.add_argument("--grace-period", type=int, default=1, metavar="EPOCHS",
-                   help="asha: epochs every point runs before it may be stopped (default: 1)")
+                   help=shown("asha: epochs every point runs before it may be stopped (default: 1)"))
     q.add_argument("--reduction-factor", type=float, default=3.0, metavar="F",
-                   help="asha: keep the best 1/F at each rung (default: 3)")
+                   help=shown("asha: keep the best 1/F at each rung (default: 3)"))
     q.add_argument("--search-seed", type=int, default=0, metavar="N",
                    help="seed of the random sampler / Optuna's TPE (default: 0; the same launch samples the same "
                         "points)")
-    q.add_argument("--config", metavar="FILE.yaml",
-                   help="read flags from a YAML mapping (the flags' names as keys; see README); flags given on the "
-                        "command line come after it")
-    m = parser.add_argument_group("models and checkpoints")
+
+
+def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """What each point leaves in its run, and the analysis after the sweep."""
+    m = parser.add_argument_group("models, checkpoints and outputs")
     m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
                    help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
                         "(default: " + ("on" if study.log_models else "off") + " for this study)")
@@ -207,6 +150,15 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
                             "time trained since the last checkpoint is at least 20x what that one cost (<= 5%%)")
         m.add_argument("--keep-checkpoints", action="store_true",
                        help="keep a finished point's last checkpoint in its run (default: deleted when it finishes)")
+    m.add_argument("--analyze", metavar="DIR",
+                   default=f"results/{study.name}" if study.analyze_by_default else None,
+                   help=("after the sweep, run this study's analysis into DIR and its validation checks"
+                         + (" (default: %(default)s)" if study.analyze_by_default else ""))
+                   if study.analysis is not None else argparse.SUPPRESS)
+
+
+def _study_flags(parser: argparse.ArgumentParser, study: Study) -> None:
+    """The study's own flags (aliases of --set, or switches for its prepare step)."""
     if study.options:
         s = parser.add_argument_group(f"{study.name} options")
         for option in study.options:
@@ -215,12 +167,109 @@ def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
             else:
                 s.add_argument(option.flag, dest=f"set_{option.field}", metavar=option.field.upper(), default=None,
                                help=option.help + f" (same as --set {option.field}=...)")
-    parser.add_argument("--analyze", metavar="DIR",
-                        default=f"results/{study.name}" if study.analyze_by_default else None,
-                        help=("after the sweep, run this study's analysis into DIR and its validation checks"
-                              + (" (default: %(default)s)" if study.analyze_by_default else ""))
-                        if study.analysis is not None else "this study declares no analysis: refused")
+
+
+def build_parser(study: Study, prog: str) -> argparse.ArgumentParser:
+    """The launcher's parser for ``study``: its grid and protocol (with each field's rule) first, then the flag
+    groups of :class:`tune_jobs.launch.Launch`."""
+    rules = field_rules(study.config_type)
+
+    def rule(key: str) -> str:
+        return f"; {rules[key].describe()}" if key in rules else ""
+
+    dims = ", ".join(f"{d} (default {encode(v)}{rule(d)})" for d, v in study.grid.items())
+    fixed = ", ".join(f"{k}={encode(v)}" + (f" ({rule(k)[2:]})" if k in rules else "")
+                      for k, v in study.defaults().items())
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{study.description}\n\nGrid dimensions: {dims}.\nProtocol values: {fixed}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for add in (_protocol_flags, _tracking_flags, _compute_flags, _search_flags, _output_flags, _study_flags):
+        add(parser, study)
     return parser
+
+
+def _check_flags(study: Study, args: argparse.Namespace) -> None:
+    """Each flag's own rule, in one message shape: ``--flag must be <rule>, got <value>``."""
+    try:
+        check_real("--cpus-per-trial", args.cpus_per_trial, 0)
+        check_real("--gpus-per-trial", args.gpus_per_trial, 0)
+        if args.max_concurrent is not None:
+            check_int("--max-concurrent", args.max_concurrent, 1)
+        check_int("--max-failures", args.max_failures, 0)
+        check_real("--point-timeout", args.point_timeout or 0, 0)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
+        raise UsageError("--cpus-per-trial and --gpus-per-trial cannot both be 0")
+    if args.points_per_trial < 1 or (study.checkpoints and args.points_per_trial != 1):
+        raise UsageError(f"--points-per-trial must be {'1 for this checkpointing study' if study.checkpoints else '>= 1'}"
+                         f", got {args.points_per_trial}")
+    name = args.experiment
+    if (not name.strip() or len(name) > 500 or name != name.strip() or name.startswith("/")
+            or ".." in name.replace("\\", "/").split("/")):
+        raise UsageError(f"--experiment must be a non-empty name of at most 500 characters without surrounding "
+                         f"spaces, a leading / or a '..' part, got {name!r}")
+    if not (math.isfinite(args.tracking_timeout) and args.tracking_timeout >= 10):
+        raise UsageError(f"--tracking-timeout must be >= 10 seconds, got {args.tracking_timeout:g}")
+    if not (args.system_metrics == 0 or 1 <= args.system_metrics < math.inf):
+        raise UsageError(f"--system-metrics must be 0 (off) or an interval >= 1 second, got {args.system_metrics:g}")
+    if args.force and not args.resume:
+        raise UsageError("--force goes with --resume")
+    if args.analyze is not None and study.analysis is None:
+        raise UsageError(f"--analyze: study {study.name!r} declares no analysis")
+
+
+def _checkpoint_every(study: Study, text: str | None) -> int | None:
+    """``--checkpoint-every N|auto``: N epochs, or None for auto (and for a study that does not checkpoint)."""
+    if not study.checkpoints or text == "auto":
+        return None
+    try:
+        every = int(text)
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise UsageError(f"--checkpoint-every must be a whole number of epochs >= 1 or 'auto', got {text!r}")
+    return every
+
+
+def _grid(study: Study, args: argparse.Namespace) -> dict[str, tuple]:
+    """The grid: the study's, with each ``--grid`` and ``--seeds`` dimension replaced."""
+    grid = {d: tuple(v) for d, v in study.grid.items()}
+    for text in args.grid:
+        key, value = split_assignment("--grid", text)
+        if key not in study.grid:
+            raise UsageError(f"--grid: unknown grid dimension {key!r}; grid dimensions: {', '.join(study.grid)}"
+                             + (f" (use --set {key}=... for a fixed value)" if key in study.fixed_fields else ""))
+        values = tuple(parse_value(study, key, v) for v in value.split(",") if v.strip())
+        if not values:
+            raise UsageError(f"--grid: {key} needs at least one value, got {value!r}")
+        if len(set(values)) != len(values):
+            raise UsageError(f"--grid: {key} repeats a value: {value!r}")
+        grid[key] = values
+    if getattr(args, "seeds", None) is not None:
+        grid["seed"] = _seeds(args.seeds, any(split_assignment("--grid", t)[0] == "seed" for t in args.grid))
+    return grid
+
+
+def _fixed(study: Study, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The protocol values (the study's defaults, ``--set`` and option aliases applied) and the open params set."""
+    fixed, opened = study.defaults(), {}
+    for text in args.set:
+        key, value = split_assignment("--set", text)
+        if "." in key and study.is_key(key):
+            opened[key] = parse_value(study, key, value)
+            continue
+        if key not in fixed:
+            hint = f" (it is a grid dimension: use --grid {key}=...)" if key in study.grid else ""
+            raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}"
+                             + "".join(f", {p}.NAME" for p in study.open_params))
+        fixed[key] = parse_value(study, key, value)
+    for option in study.options:
+        if option.field is not None and getattr(args, f"set_{option.field}") is not None:
+            fixed[option.field] = parse_value(study, option.field, getattr(args, f"set_{option.field}"))
+    return fixed, opened
 
 
 def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = None) -> Launch:
@@ -233,76 +282,16 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     parser = build_parser(study, f"python -m tune_jobs {shown}")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(expand_config(parser, argv))
-    grid = {d: tuple(v) for d, v in study.grid.items()}
-    for text in args.grid:
-        key, value = _split_assignment("--grid", text)
-        if key not in study.grid:
-            raise UsageError(f"--grid: unknown grid dimension {key!r}; grid dimensions: {', '.join(study.grid)}"
-                             + (f" (use --set {key}=... for a fixed value)" if key in study.fixed_fields else ""))
-        values = tuple(parse_value(study, key, v) for v in value.split(",") if v.strip())
-        if not values:
-            raise UsageError(f"--grid: {key} needs at least one value, got {value!r}")
-        if len(set(values)) != len(values):
-            raise UsageError(f"--grid: {key} repeats a value: {value!r}")
-        grid[key] = values
-    if getattr(args, "seeds", None) is not None:
-        grid["seed"] = _seeds(args.seeds, any(_split_assignment("--grid", t)[0] == "seed" for t in args.grid))
-    fixed = study.defaults()
-    opened: dict[str, Any] = {}
-    for text in args.set:
-        key, value = _split_assignment("--set", text)
-        if "." in key and study.is_key(key):
-            opened[key] = parse_open_value(value)
-            continue
-        if key not in fixed:
-            hint = f" (it is a grid dimension: use --grid {key}=...)" if key in study.grid else ""
-            raise UsageError(f"--set: unknown protocol value {key!r}{hint}; known: {', '.join(fixed)}"
-                             + "".join(f", {p}.NAME" for p in study.open_params))
-        fixed[key] = parse_value(study, key, value)
-    for option in study.options:
-        if option.field is not None and getattr(args, f"set_{option.field}") is not None:
-            fixed[option.field] = parse_value(study, option.field, getattr(args, f"set_{option.field}"))
-    for name, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
-        if value < 0:
-            raise UsageError(f"{name} must be >= 0, got {value}")
-    if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
-        raise UsageError("--cpus-per-trial and --gpus-per-trial cannot both be 0")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-    if args.points_per_trial < 1 or (study.checkpoints and args.points_per_trial != 1):
-        raise UsageError(f"--points-per-trial must be {'1 for this checkpointing study' if study.checkpoints else '>= 1'}"
-                         f", got {args.points_per_trial}")
-    if args.max_failures < 0:
-        raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if not args.experiment.strip() or len(args.experiment) > 500 or args.experiment != args.experiment.strip():
-        raise UsageError(f"--experiment must be a non-empty name of at most 500 characters without surrounding "
-                         f"spaces, got {args.experiment!r}")
-    if args.tracking_timeout < 10 or not math.isfinite(args.tracking_timeout):
-        raise UsageError(f"--tracking-timeout must be >= 10 seconds, got {args.tracking_timeout:g}")
-    if args.point_timeout is not None and (args.point_timeout < 0 or not math.isfinite(args.point_timeout)):
-        raise UsageError(f"--point-timeout must be >= 0 seconds (0: none), got {args.point_timeout:g}")
-    if not (args.system_metrics == 0 or 1 <= args.system_metrics < math.inf):
-        raise UsageError(f"--system-metrics must be 0 (off) or an interval >= 1 second, got {args.system_metrics:g}")
-    checkpoint_every = None
-    if study.checkpoints and args.checkpoint_every != "auto":
-        try:
-            checkpoint_every = int(args.checkpoint_every)
-        except ValueError:
-            checkpoint_every = 0
-        if checkpoint_every < 1:
-            raise UsageError(f"--checkpoint-every must be a whole number of epochs >= 1 or 'auto', "
-                             f"got {args.checkpoint_every!r}")
-    if args.force and not args.resume:
-        raise UsageError("--force goes with --resume")
+    grid = _grid(study, args)
+    fixed, opened = _fixed(study, args)
+    _check_flags(study, args)
     try:
         tracking_uri = resolve_tracking_uri(args.tracking_uri)
     except StoreError as error:
         raise UsageError(f"--tracking-uri: {error}") from None
-    if args.analyze is not None and study.analysis is None:
-        raise UsageError(f"--analyze: study {study.name!r} declares no analysis")
-    search = _parse_search(study, args, grid)
-    explicit = {_split_assignment("--set", t)[0] for t in args.set}
-    if search["metric"] is not None:  # a validation split for the searcher / scheduler, unless --set says otherwise
+    search = parse_search(study, args, grid)
+    explicit = {split_assignment("--set", t)[0] for t in args.set}
+    if search.metric is not None:  # a validation split for the searcher / scheduler, unless --set says otherwise
         fixed.update({k: v for k, v in study.search_defaults.items() if k not in explicit})
     if opened:
         fixed = {k: v for k, v in dataclasses.asdict(study.make_config({**study.first_point(grid), **fixed,
@@ -311,149 +300,23 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
         points = study.points(grid, fixed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    for dimension in search["space"]:  # every sample is a valid config: its bounds must be
-        for bound in dimension.bounds():
-            try:
-                study.make_config({**dataclasses.asdict(points[0]), dimension.key: bound})
-            except (ValueError, TypeError) as exc:
-                raise UsageError(f"--space {dimension.key}={dimension.describe()}: {exc}") from None
-    if search["space"]:  # points are named by the swept grid dimensions and the searched keys
-        keys = [d.key for d in search["space"]]
-        search["point_dims"] = tuple(d for d in study.grid if len(grid[d]) > 1 and d not in keys) + tuple(keys)
-    if search["search"] == "random" and search["scheduler"] == "fifo" and study.points_per_trial > 1:
-        import numpy as np  # cheap points: sampled here (seeded) and packed into Ray trials like a grid's
-
-        rng = np.random.default_rng(search["search_seed"])
-        points = [study.make_config({**dataclasses.asdict(p), **{d.key: d.sample(rng) for d in search["space"]}})
-                  for p in points for _ in range(search["num_samples"])]
-        search["packed"] = True
+    search, points = with_points(search, study, points)
+    point_dims = None
+    if search.space:  # points are named by the swept grid dimensions and the searched keys
+        keys = [d.key for d in search.space]
+        point_dims = tuple(d for d in study.grid if len(grid[d]) > 1 and d not in keys) + tuple(keys)
+    switches = {o.flag.lstrip("-").replace("-", "_") for o in study.options if o.field is None}
     return Launch(
-        study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, tracking_uri=tracking_uri,
-        experiment=args.experiment, address=args.address, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        points_per_trial=args.points_per_trial,
-        resume=args.resume, force=args.force, storage_path=args.storage_path, analyze_out=args.analyze,
-        tracking_timeout=args.tracking_timeout, point_timeout=args.point_timeout or None,
-        wait_for_resources=args.wait_for_resources, log_models=args.log_models, argv=tuple(argv),
-        system_metrics=args.system_metrics,
-        checkpoint_every=checkpoint_every, keep_checkpoints=study.checkpoints and args.keep_checkpoints,
-        switches={o.flag.lstrip("-").replace("-", "_"): getattr(args, o.flag.lstrip("-").replace("-", "_"))
-                  for o in study.options if o.field is None},
-        **search,
+        study=study, study_ref=study_ref, grid=grid, fixed=fixed, points=points, point_dims=point_dims,
+        argv=tuple(argv), switches={name: getattr(args, name) for name in switches}, search=search,
+        tracking=Tracking(uri=tracking_uri, experiment=args.experiment, resume=args.resume, force=args.force,
+                          timeout=args.tracking_timeout),
+        compute=Compute(address=args.address, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                        max_failures=args.max_failures, points_per_trial=args.points_per_trial,
+                        storage_path=args.storage_path, point_timeout=args.point_timeout or None,
+                        wait_for_resources=args.wait_for_resources),
+        outputs=Outputs(log_models=args.log_models, system_metrics=args.system_metrics,
+                        checkpoint_every=_checkpoint_every(study, getattr(args, "checkpoint_every", None)),
+                        keep_checkpoints=study.checkpoints and args.keep_checkpoints, analyze_out=args.analyze),
     )
-
-
-def parse_open_value(text: str) -> Any:
-    """An open param's value (``--set loss.q=0.5``): a bool (true/false), an int, else a float; its type is
-    checked against the default once the owner (the loss) is loaded."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    raise UsageError(f"--set: {text!r} is not a number or true/false")
-
-
-def _parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple]) -> dict[str, Any]:
-    """The search flags, checked together: what Ray Tune can do with them, else a UsageError naming the flag."""
-    space = []
-    for text in args.space:
-        key, value = _split_assignment("--space", text)
-        if not study.is_key(key):
-            raise UsageError(f"--space: unknown key {key!r}; keys are config fields ({', '.join(study.field_types)})"
-                             + "".join(f" or {p}.NAME" for p in study.open_params))
-        if key in [d.key for d in space]:
-            raise UsageError(f"--space: {key} is given twice")
-        if key in grid and any(f"{key}=" in t for t in args.grid):
-            raise UsageError(f"--space {key}: it is also given with --grid; search it or grid it, not both")
-        try:
-            space.append(parse_dimension(key, value, (lambda v, k=key: parse_value(study, k, v))
-                                         if "." not in key else parse_open_value))
-        except SpaceError as error:
-            raise UsageError(str(error)) from None
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.search == "grid" and space:
-        raise UsageError("--space needs --search random or --search optuna (grid search runs the --grid points)")
-    if args.search == "grid" and args.num_samples != 1:
-        raise UsageError("--num-samples repeats samples of a --space; a grid point runs once (repeat seeds with "
-                         "--grid seed=...)")
-    if args.search != "grid" and not space:
-        raise UsageError(f"--search {args.search} needs at least one --space KEY=DIST(...)")
-    if (args.metric is None) != (args.mode is None):
-        raise UsageError("--metric and --mode go together")
-    needs_metric = [f for f, on in (("--search optuna", args.search == "optuna"),
-                                    ("--scheduler asha", args.scheduler == "asha")) if on]
-    if needs_metric and args.metric is None:
-        raise UsageError(f"{needs_metric[0]} needs --metric NAME and --mode max|min")
-    if args.metric is not None and args.metric not in study.search_metrics:
-        known = ", ".join(study.search_metrics) or "none"
-        raise UsageError(f"--metric {args.metric}: searchers and schedulers select on validation metrics only "
-                         f"(this study's: {known}); test metrics are for the final report")
-    if args.search == "optuna" and any(len(v) > 1 for k, v in grid.items()):
-        swept = next(k for k, v in grid.items() if len(v) > 1)
-        raise UsageError(f"--search optuna takes no grid: {swept} has {len(grid[swept])} values; give it as "
-                         f"--space {swept}=choice(...), or fix it with --grid {swept}=VALUE")
-    if args.scheduler == "asha":
-        if not study.checkpoints:
-            raise UsageError(f"--scheduler asha: {study.name} reports only at the end of a point (no epochs to stop "
-                             "between)")
-        if args.grace_period < 1:
-            raise UsageError(f"--grace-period must be >= 1 epoch, got {args.grace_period}")
-        if not args.reduction_factor > 1:
-            raise UsageError(f"--reduction-factor must be > 1, got {args.reduction_factor:g}")
-    return {"search": args.search, "space": tuple(space), "num_samples": args.num_samples, "metric": args.metric,
-            "mode": args.mode, "scheduler": args.scheduler, "grace_period": args.grace_period,
-            "reduction_factor": args.reduction_factor, "search_seed": args.search_seed}
-
-
-def expand_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--config FILE.yaml`` replaced by the flags it holds (keys: the flags' names; a mapping for ``grid``,
-    ``set`` and ``space``; lists for several values; true for a switch), before the other flags."""
-    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
-        return argv
-    import yaml
-
-    rest, path = [], None
-    items = iter(argv)
-    for arg in items:
-        if arg == "--config":
-            path = next(items, None)
-        elif arg.startswith("--config="):
-            path = arg.partition("=")[2]
-        else:
-            rest.append(arg)
-    try:
-        with open(path or "") as handle:
-            loaded = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise UsageError(f"--config {path}: {error}") from None
-    if not isinstance(loaded, dict):
-        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
-    known = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings if o.startswith("--")}
-    flags: list[str] = []
-    for key, value in loaded.items():
-        flag = known.get(str(key).replace("_", "-"))
-        if flag is None or flag == "--config":
-            raise UsageError(f"--config {path}: unknown key {key!r} (keys are the launcher's flags, e.g. grid, set, "
-                             "space, search, num_samples)")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                flags += [flag, f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"]
-        elif value is True:
-            flags.append(flag)
-        elif value is False:
-            if f"--no-{flag[2:]}" in known.values():
-                flags.append(f"--no-{flag[2:]}")
-        else:
-            for item in value if isinstance(value, list) else [value]:
-                flags += [flag, str(item)]
-    return flags + rest
-
-
-def fail_usage(message: str) -> typing.NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)

@@ -14,6 +14,8 @@ import time
 
 from ray import tune
 
+from tune_jobs.trial import trial_context, trial_points
+
 
 #: The status a Ray trial reports when the tracking store stopped answering.
 TRACKING_LOST = "tracking_lost"
@@ -49,9 +51,8 @@ class PointProgress(tune.Callback):
         if status == TRACKING_LOST:  # Tune fails the run; its saved state keeps running Ray trials unfinished
             raise TrackingLostError(result.get("error", ""))
         if self.total is None:  # a restored experiment's finished Ray trials report nothing again
-            self.total = _context(trial)["n_points"]
-            self.done = sum(len(t.config["trial"]["points"]) if "trial" in t.config else 1
-                            for t in trials if t.status == "TERMINATED")
+            self.total = trial_context(trial.config).n_points
+            self.done = sum(trial_points(t.config) for t in trials if t.status == "TERMINATED")
         if status != "epoch":
             self.done += 1
         if status in ("finished", "skipped"):  # a worker reports a point only once its run is FINISHED
@@ -81,14 +82,9 @@ class PointProgress(tune.Callback):
             return
         from record.write import SweepWriter
 
-        context = _context(trial)
-        writer = SweepWriter(context["tracking_uri"], context["experiment_id"], context["sweep_id"], "")
+        context = trial_context(trial.config)
+        writer = SweepWriter(context.tracking_uri, context.experiment_id, context.sweep_id, "")
         writer.stop_early(last["run_id"], int(last["epochs_done"]))
         self.done += 1
         print(f"{self._prefix()} stopped  {last.get('point')}  after {last['epochs_done']} epoch(s) by the scheduler",
               flush=True)
-
-
-def _context(trial) -> dict:
-    """The launch context a Ray trial carries (packed grid trials and search trials hold it differently)."""
-    return trial.config["trial"]["context"] if "trial" in trial.config else trial.config["context"]

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from record.schema import DecodeError, decode
+
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 
@@ -78,8 +80,8 @@ def parse_dimension(key: str, text: str, parse_value: Callable[[str], Any]) -> D
     if len(parts) != 2:
         raise SpaceError(f"{shown}: {kind} takes (low,high), got {len(parts)} argument(s)")
     try:
-        low, high = (int(p) for p in parts) if kind == "randint" else (float(p) for p in parts)
-    except ValueError:
+        low, high = (decode(p, "int" if kind == "randint" else "float", shown) for p in parts)
+    except DecodeError:
         number = "whole numbers" if kind == "randint" else "numbers"
         raise SpaceError(f"{shown}: {kind} takes two {number}, got {inside!r}") from None
     if not (math.isfinite(low) and math.isfinite(high)) or not low < high:
@@ -93,7 +95,7 @@ class Shared(dict):
     """A dict that deep copies share instead of copying: a Ray Tune grid value that nothing mutates.
 
     For each Ray trial it makes, Ray Tune deep-copies the whole search space, every grid value included: with a
-    sweep's points as grid values that cost grew with the square of the points (~30 s of the driver's CPU at
+    sweep's points as grid values that cost grew with the square of the points (most of the driver's CPU at
     10,125 points). Picklable like a dict (Ray Tune's saved experiment holds it).
     """
 

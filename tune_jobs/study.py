@@ -58,7 +58,7 @@ class Study:
     metrics:          final metrics every point's result must carry (checked).
     analysis:         :class:`analysis.common.Analysis` (analyze and checks), or None.
     points_per_trial: at most this many grid points per Ray trial, computed in
-                      sequence or by ``run_points`` (Ray's per-trial overhead is ~0.4 s; cheap points
+                      sequence or by ``run_points`` (Ray's per-trial overhead outweighs a cheap point; they
                       share a trial); fewer when that leaves Ray slots idle.
     checkpoints:      ``run_point`` uses ``context.hooks``: per-epoch metrics, and
                       checkpoints kept in the point's MLflow run that a retried

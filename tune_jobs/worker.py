@@ -19,12 +19,14 @@ import time
 from typing import Any
 
 from core.point import NO_HOOKS, PointContext, TrainedModel
+from record import schema
 from record.checkpoints import checkpoint_note
 from record.schema import MODEL_WEIGHTS
 from record.store import check_store, store_gone
 from record.write import SweepWriter
 from tune_jobs.progress import POINTS, TRACKING_LOST
 from tune_jobs.study import load_study
+from tune_jobs.trial import TrialContext, unpack_point
 
 
 class PointsFailed(RuntimeError):
@@ -292,38 +294,39 @@ def run_points(trial_config: dict[str, Any]) -> None:
     ``tracking_lost`` (every later point would be lost too; the driver stops).
     """
     trial = trial_config["trial"]
-    study = load_study(trial["context"]["study"])
-    configs = [study.make_config(entry) for entry in trial["points"]]
-    _compute(trial["context"], study, [(study.point_key(c, trial["context"].get("point_dims")), c) for c in configs])
+    context: TrialContext = trial["context"]
+    study = load_study(context.study)
+    configs = [unpack_point(study, text) for text in trial["points"]]
+    _compute(context, study, [(study.point_key(c, context.point_dims), c) for c in configs])
 
 
 def run_search_point(trial_config: dict[str, Any]) -> None:
     """Ray Tune function trainable of a search: one point, a grid point (``base``, from Ray Tune's
     ``grid_search``) with the searched keys Ray Tune sampled (flat keys of ``trial_config``)."""
-    context, base = trial_config["context"], trial_config["base"]
-    study = load_study(context["study"])
-    config = study.make_config({**base, **{key: trial_config[key] for key in context["space_keys"]}})
-    _compute(context, study, [(study.point_key(config, context["point_dims"]), config)])
+    context: TrialContext = trial_config["context"]
+    study = load_study(context.study)
+    base = schema.unpack(trial_config["base"])
+    config = study.make_config({**base, **{key: trial_config[key] for key in context.space_keys}})
+    _compute(context, study, [(study.point_key(config, context.point_dims), config)])
 
 
-def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> None:
+def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> None:
     """The points of one Ray trial, in order, each its own MLflow run (those a study's ``run_points`` can
     compute together first computed at once)."""
     from ray import tune
 
     from core.training import select_device  # torch: here, not where the launcher imports this module
 
-    uri, identity = context["tracking_uri"], context.get("store_identity")
-    device = str(select_device("cuda" if context["gpus_per_trial"] > 0 else "cpu"))
-    threads = max(1, int(context["cpus_per_trial"]))
+    uri, identity = context.tracking_uri, context.store_identity
+    device = str(select_device("cuda" if context.gpus_per_trial > 0 else "cpu"))
+    threads = max(1, int(context.cpus_per_trial))
     ray_trial = tune.get_context().get_trial_id()
-    interval = context.get("system_metrics", 0)
+    interval = context.system_metrics
     failures, reports = [], _Reports()
     try:
         # The store the launch opened, not a new one: MLflow would create an empty store where a SQLite file went
         check_store(uri, identity)
-        writer = SweepWriter(uri, context["experiment_id"], context["sweep_id"], study.name,
-                             context.get("provenance", {}))
+        writer = SweepWriter(uri, context.experiment_id, context.sweep_id, study.name, context.provenance)
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
         earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
@@ -343,7 +346,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
             check_store(uri, identity)  # a point's runs go nowhere else (a store gone ends the Ray trial, reported)
             hooks = None
             if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
-                hooks = RunEpochHooks(writer, point, context["checkpoint_every"], earlier.get(point, ()),
+                hooks = RunEpochHooks(writer, point, context.checkpoint_every, earlier.get(point, ()),
                                       run.params.get("epochs"))
                 hooks.run_id = run.adopt(writer.start(point, run.params, ray_trial, earlier=earlier.get(point, ()),
                                                       resume_run_id=hooks.resumed_run_id,
@@ -355,20 +358,20 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
                 if result is None:
                     point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
                     with (system_metrics(uri, run.open() if interval else None, interval),
-                          Watchdog(context["point_timeout"], run.fail, on_long=None if hooks else run.open)):
+                          Watchdog(context.point_timeout, run.fail, on_long=None if hooks else run.open)):
                         result = study.run_point(config, point_context)
                 study.check_result(result)
-                if context["log_models"] and result.model is not None:
+                if context.log_models and result.model is not None:
                     log_model(writer, run.open(), result.model)
                 run.finish(result, logged=hooks.last_logged if hooks else None)
                 if hooks is not None:
                     try:
-                        writer.drop_checkpoints(run.run_id, keep_latest=context["keep_checkpoints"])
+                        writer.drop_checkpoints(run.run_id, keep_latest=context.keep_checkpoints)
                     except Exception as error:  # noqa: BLE001 - the point is recorded; a leftover only takes disk
                         print(f"robustlab: point {point}: its checkpoints could not be deleted from run "
                               f"{run.run_id} ({type(error).__name__}: {error})", flush=True)
             except PointTimeout:
-                error = PointTimeout(f"the point ran longer than --point-timeout {context['point_timeout']:g} s")
+                error = PointTimeout(f"the point ran longer than --point-timeout {context.point_timeout:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on
                 if store_gone(uri, identity):
                     raise
@@ -391,7 +394,7 @@ def _compute(context: dict[str, Any], study, points: list[tuple[str, Any]]) -> N
 class _Reports:
     """Points' outcomes for the driver, held from the start until :meth:`release`, then sent one Ray Tune result
     each. Held ones go as one result (``status`` :data:`tune_jobs.progress.POINTS`): a Ray Tune result costs the
-    driver ~1.6 ms of CPU, so points recorded together are reported together."""
+    driver CPU, so points recorded together are reported together."""
 
     def __init__(self) -> None:
         self._held: list[dict[str, Any]] | None = []
@@ -412,13 +415,13 @@ class _Reports:
             tune.report(held[0] if len(held) == 1 else {"status": POINTS, "outcomes": held})
 
 
-def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, str, Any, PointRun]],
+def _compute_together(context: TrialContext, study, pending: list[tuple[int, str, Any, PointRun]],
                       point_context: PointContext) -> dict[str, Any]:
     """The results of ``study.run_points`` over the pending points, by point; none if it raised (each point
     then runs alone, so an error or a timeout is the point's own).  ``--point-timeout`` bounds the whole
     computation by the points' total; their runs open RUNNING once it has run :data:`PointRun.OPEN_AFTER_S`."""
     runs = [run for _, _, _, run in pending]
-    timeout = context["point_timeout"]
+    timeout = context.point_timeout
 
     def fail_all(error: BaseException) -> None:
         for run in runs:
@@ -434,7 +437,7 @@ def _compute_together(context: dict[str, Any], study, pending: list[tuple[int, s
             if len(results) != len(pending):
                 raise ValueError(f"run_points returned {len(results)} results for {len(pending)} points")
     except Exception as error:  # noqa: BLE001 - PointTimeout included: the points run alone instead
-        if store_gone(context["tracking_uri"], context.get("store_identity")):
+        if store_gone(context.tracking_uri, context.store_identity):
             raise
         print(f"robustlab: {len(runs)} points computed together failed ({type(error).__name__}: {error}); "
               "computing them one by one", flush=True)

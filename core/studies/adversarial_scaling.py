@@ -33,13 +33,13 @@ import numpy as np
 
 from core import synthetic
 from core.point import PointContext, PointResult, TrainedModel, generated
-from core.validation import check_choice, check_int, check_real, check_reals
+from core.validation import Int, OneOf, Real, Reals, check_fields
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
+# torch (large and slow to import) is imported by the functions that compute: the launcher builds and checks configs only
 
 DATASETS = {"circles": synthetic.circles, "moons": synthetic.moons}
 
@@ -64,20 +64,19 @@ class AdversarialScalingConfig:
     pgd_step_fraction: float = 0.25  # PGD step size = pgd_step_fraction * epsilon
     torch_threads: int = 1
 
+    RULES = {"dataset": OneOf(*sorted(DATASETS)), "hidden_width": Int(1), "seed": Int(0), "n_samples": Int(2),
+             "noise": Real(0.0), "train_fraction": Real(0.0, low_open=True), "lr": Real(0.0, low_open=True),
+             "batch_size": Int(1), "max_epochs": Int(1), "patience": Int(1), "min_delta": Real(0.0),
+             "epsilons": Reals(0.0), "pgd_steps": Int(1), "pgd_step_fraction": Real(0.0, low_open=True),
+             "torch_threads": Int(1)}
+
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, sorted(DATASETS))
-        for name, low in (("hidden_width", 1), ("seed", 0), ("n_samples", 2), ("batch_size", 1), ("max_epochs", 1),
-                          ("patience", 1), ("pgd_steps", 1), ("torch_threads", 1)):
-            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
-        for name, low, strict in (("noise", 0.0, False), ("lr", 0.0, True), ("min_delta", 0.0, False),
-                                  ("pgd_step_fraction", 0.0, True), ("train_fraction", 0.0, True)):
-            object.__setattr__(self, name, check_real(name, getattr(self, name), low, low_open=strict))
+        check_fields(self, coerce=True)
         if not 1 <= self.n_train <= self.n_samples - 1:
             raise ValueError(
                 f"train_fraction must leave at least one train and one test sample of "
                 f"n_samples={self.n_samples}, got {self.train_fraction}"
             )
-        object.__setattr__(self, "epsilons", check_reals("epsilons", self.epsilons, 0.0))
 
     @property
     def n_train(self) -> int:
@@ -113,8 +112,8 @@ def build_seeded_model(config: AdversarialScalingConfig) -> nn.Module:
 
 
 def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, config: AdversarialScalingConfig) -> list[float]:
-    """Train ``model`` in place with Adam and early stopping (:func:`core.training.fit_mlp`); the epoch losses."""
-    from core.training import fit_mlp
+    """Train ``model`` in place with Adam and early stopping (:func:`core.fast_mlp.fit_mlp`); the epoch losses."""
+    from core.fast_mlp import fit_mlp
 
     return fit_mlp(model, x_train, y_train, optimizer="adam", lr=config.lr, epochs=config.max_epochs,
                    batch_size=config.batch_size, shuffle_seed=config.seed, patience=config.patience,

@@ -5,7 +5,7 @@ poisoned training split and measures train / clean-train / test accuracy.
 Protocol: ``docs/poison_sensitivity.md``.  Its pieces are functions
 with explicit arguments, so a variation (another model shape, another
 optimizer) reuses them: :func:`poisoned_split` for the data,
-:func:`core.training.fit_mlp` for the training, :func:`measure` for the metrics.
+:func:`core.fast_mlp.fit_mlp` for the training, :func:`measure` for the metrics.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import numpy as np
 from core.point import DataRecord, PointContext, PointResult, TrainedModel, generated
 from core.poisoning import random_label_flip
 from core.synthetic import gaussian_clusters
-from core.validation import check_int, check_real
+from core.validation import Int, Real, check_fields
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# torch (~220 MB, ~1.3 s) is imported by the functions that compute: the launcher builds and checks configs only
+# torch (large and slow to import) is imported by the functions that compute: the launcher builds and checks configs only
 
 
 @dataclass(frozen=True)
@@ -46,20 +46,15 @@ class PoisonSensitivityConfig:
     batch_size: int = 64
     torch_threads: int = 1
 
+    RULES = {"poison_fraction": Real(0, 1), "hidden_width": Int(1), "seed": Int(0), "n_samples": Int(1),
+             "n_features": Int(1), "n_classes": Int(2), "cluster_std": Real(0, low_open=True), "center_scale": Real(0),
+             "data_seed": Int(0), "train_fraction": Real(0, 1, low_open=True, high_open=True), "epochs": Int(1),
+             "lr": Real(0, low_open=True), "batch_size": Int(1), "torch_threads": Int(1)}
+
     def __post_init__(self) -> None:
-        check_real("poison_fraction", self.poison_fraction, 0, 1)
-        check_real("train_fraction", self.train_fraction, 0, 1, low_open=True, high_open=True)
-        for name in ("hidden_width", "n_features", "epochs", "batch_size", "torch_threads"):
-            check_int(name, getattr(self, name), 1)
-        check_int("n_classes", self.n_classes, 2)
+        check_fields(self)
         if self.n_samples < self.n_classes:
             raise ValueError(f"n_samples must be >= n_classes ({self.n_classes}), got {self.n_samples!r}")
-        check_int("n_samples", self.n_samples, 1)
-        check_real("cluster_std", self.cluster_std, 0, low_open=True)
-        check_real("center_scale", self.center_scale, 0)
-        check_real("lr", self.lr, 0, low_open=True)
-        check_int("seed", self.seed, 0)
-        check_int("data_seed", self.data_seed, 0)
 
     @property
     def poison_seed(self) -> int:
@@ -112,7 +107,8 @@ def train(config: PoisonSensitivityConfig, split: PoisonedSplit,
           hidden_widths: tuple[int, ...] | None = None) -> tuple[nn.Module, list[float]]:
     """The MLP seeded with ``config.seed`` (one hidden layer of ``hidden_width`` unless ``hidden_widths`` says
     otherwise) trained with plain SGD; returns it and the per-epoch mean batch loss."""
-    from core.training import fit_mlp, seeded_mlp
+    from core.fast_mlp import fit_mlp
+    from core.training import seeded_mlp
 
     model = seeded_mlp(config.n_features, hidden_widths or (config.hidden_width,), config.n_classes, config.seed)
     losses = fit_mlp(model, split.train_inputs, split.train_labels, optimizer="sgd", lr=config.lr,
@@ -159,10 +155,11 @@ def run_point(config: PoisonSensitivityConfig, context: PointContext) -> PointRe
 def run_points(configs: list[PoisonSensitivityConfig], context: PointContext) -> list[PointResult]:
     """:func:`run_point` of each config, bit for bit, faster: one-thread points whose models and training
     share a shape (they differ in poison fraction, seed or data) train as one batched computation
-    (:func:`core.training.fit_mlps_sgd`)."""
+    (:func:`core.fast_mlp.fit_mlps_sgd`)."""
     import torch
 
-    from core.training import fit_mlps_sgd, seeded_mlp, torch_threads
+    from core.fast_mlp import fit_mlps_sgd
+    from core.training import seeded_mlp, torch_threads
 
     groups: dict[object, list[int]] = {}
     for index, c in enumerate(configs):

@@ -28,7 +28,7 @@ from core.models import build_model, count_parameters
 from core.poisoning import next_class_flip
 from core.point import EpochHooks, PointContext, PointResult, TrainedModel, from_files
 from core.training import accuracy, select_device, torch_threads, validation_split
-from core.validation import check_bool, check_choice, check_int, check_real
+from core.validation import Bool, Int, OneOf, Real, check_fields, check_int
 from core.vision_data import DATASETS, load_dataset
 
 
@@ -134,8 +134,17 @@ class RobustLossConfig:
     crop_padding: int | None = None
     horizontal_flip: bool | None = None
 
+    RULES = {"benchmark": OneOf(*BENCHMARKS), "seed": Int(0), "scale": OneOf("full", "smoke"),
+             "torch_threads": Int(1), "val_fraction": Real(0, 0.5, high_open=True),
+             # recipe overrides; None means the benchmark's default
+             "epochs": Int(1, optional=True), "batch_size": Int(1, optional=True),
+             "lr": Real(0, low_open=True, optional=True), "momentum": Real(0, 1, high_open=True, optional=True),
+             "weight_decay": Real(0, optional=True), "poison_rate": Real(0, 1, high_open=True, optional=True),
+             "poison_seed": Int(0, optional=True), "crop_padding": Int(0, optional=True),
+             "horizontal_flip": Bool(optional=True)}
+
     def __post_init__(self) -> None:
-        check_choice("benchmark", self.benchmark, list(BENCHMARKS))
+        check_fields(self)
         if not isinstance(self.loss, str) or not self.loss:
             raise ValueError(f"loss must be a non-empty string, got {self.loss!r}")
         try:
@@ -145,31 +154,14 @@ class RobustLossConfig:
         if self.loss_source is not None and (kind != "file" or not isinstance(self.loss_source, str)):
             shown = f"<{len(self.loss_source)} characters>" if isinstance(self.loss_source, str) else self.loss_source
             raise ValueError(f"loss_source must be None or a loss file's text (with loss = its path), got {shown}")
-        check_int("seed", self.seed, 0)
-        check_choice("scale", self.scale, ("full", "smoke"))
-        check_int("torch_threads", self.torch_threads, 1)
-        check_real("val_fraction", self.val_fraction, 0, 0.5, high_open=True)
         pairs = self.loss_params
         if not isinstance(pairs, tuple) or any(not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
                                                     and isinstance(p[1], (bool, int, float))) for p in pairs):
             raise ValueError(f"loss_params must be a tuple of (name, number) pairs, got {pairs!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be None or a path, got {self.data_dir!r}")
-        side = min(self.image_shape()[1:])
-        recipe_checks = {  # None means: the benchmark's default
-            "epochs": lambda v: check_int("epochs", v, 1),
-            "batch_size": lambda v: check_int("batch_size", v, 1),
-            "lr": lambda v: check_real("lr", v, 0, low_open=True),
-            "momentum": lambda v: check_real("momentum", v, 0, 1, high_open=True),
-            "weight_decay": lambda v: check_real("weight_decay", v, 0),
-            "poison_rate": lambda v: check_real("poison_rate", v, 0, 1, high_open=True),
-            "poison_seed": lambda v: check_int("poison_seed", v, 0),
-            "crop_padding": lambda v: check_int("crop_padding", v, 0, side, high_open=True),
-            "horizontal_flip": lambda v: check_bool("horizontal_flip", v),
-        }
-        for name, check in recipe_checks.items():
-            if getattr(self, name) is not None:
-                check(getattr(self, name))
+        if self.crop_padding is not None:  # below the image's side, which depends on the benchmark
+            check_int("crop_padding", self.crop_padding, 0, min(self.image_shape()[1:]), high_open=True)
 
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the benchmark's images."""

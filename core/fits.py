@@ -1,4 +1,4 @@
-"""Statistics the analyses compute: sigmoid fits, thresholds, correlations."""
+"""Curve fits and correlations the analyses compute: sigmoid fits, thresholds, correlations with intervals."""
 
 from __future__ import annotations
 

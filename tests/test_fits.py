@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from core.metrics import SigmoidFit, descending_sigmoid, first_crossing, fit_descending_sigmoid, pearson_with_ci
+from core.fits import SigmoidFit, descending_sigmoid, first_crossing, fit_descending_sigmoid, pearson_with_ci
 
 
 def test_sigmoid_fit_recovers_known_parameters():
