@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -283,3 +284,62 @@ def test_a_disk_that_fills_while_the_store_is_created_exits_2_naming_the_store(t
     assert proc.returncode == 2 and f"the tracking store {db} cannot be created: the disk is full" in proc.stderr, \
         proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "the disk is full" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def ray_temp(tmp_path):
+    """A private Ray temp folder (RAY_TMPDIR): the address file a plain ``ray.init()`` or ``--address auto`` reads is
+    this test's, so no other Ray on the machine is found, and no other launch finds this test's."""
+    folder = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # AF_UNIX socket paths must stay short
+    env = python_env()
+    env.pop("RAY_ADDRESS", None)
+    env.update(TMPDIR=str(folder), RAY_TMPDIR=str(folder))
+    try:
+        yield folder, env
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_local_launch_starts_its_own_ray_beside_a_running_cluster_and_ignores_ray_address(store, ray_temp):
+    from test_cluster import RAY, _stop_session
+
+    folder, env = ray_temp
+    port = free_port()
+    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1",
+                             "--include-dashboard=false", "--temp-dir", str(folder / "ray"), "--disable-usage-stats"],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        out = head.communicate(timeout=120)[0]
+        assert head.returncode == 0, out[-3000:]
+        assert (folder / "ray" / "ray_current_cluster").exists(), "a plain ray.init() here would join the head"
+        # 2 CPUs per Ray trial fit this machine's own local Ray, not the 1-CPU head
+        args = [*TINY, "--cpus-per-trial", str(os.cpu_count()), *common(store)]
+        proc = launch(args, store["dir"], env=env, timeout=300)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "Connecting to" not in output, output[-3000:]
+        proc = launch([*args, "--experiment", "with-ray-address"], store["dir"], timeout=300,
+                      env=dict(env, RAY_ADDRESS=f"127.0.0.1:{port}"))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (said,) = [line for line in proc.stdout.splitlines() if "RAY_ADDRESS" in line]
+        assert f"ignoring RAY_ADDRESS=127.0.0.1:{port}" in said and "--address" in said, said
+    finally:
+        _stop_session(head.pid)
+    assert statuses(store["uri"], "poison_sensitivity") == statuses(store["uri"], "with-ray-address") == ["FINISHED"]
+
+
+def test_address_auto_finding_a_ray_it_cannot_join_is_refused_within_30_s(tmp_path, ray_temp):
+    _, env = ray_temp
+    with socket.socket() as stuck:  # a Ray head that accepts connections and never answers (hung, or not Ray)
+        stuck.bind(("127.0.0.9", 0))  # a loopback alias: Ray connects to it as given (127.0.0.1 it would rewrite)
+        stuck.listen()
+        found = f"127.0.0.9:{stuck.getsockname()[1]}"
+        uri = f"sqlite:///{tmp_path / 'm.db'}"
+        started = time.monotonic()
+        proc = launch([*TINY, "--address", "auto", "--tracking-uri", uri], tmp_path, env=dict(env, RAY_ADDRESS=found),
+                      timeout=90)
+        took = time.monotonic() - started
+    assert proc.returncode == 2 and "--address auto" in proc.stderr and found in proc.stderr, proc.stderr[-3000:]
+    assert "cannot be joined" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert took < 30 + 10, f"took {took:.0f} s"  # the bound plus interpreter start-up
+    assert "RUNNING" not in statuses(uri, "poison_sensitivity", schema.KIND_SWEEP)
