@@ -25,7 +25,7 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 #: What MLflow's table creation says when another process creates or migrates the same new store at that moment.
 _CREATION_RACE = ("already exists", "out-of-date database schema", "database is locked", "no such table",
-                  "duplicate column", "alembic_version")
+                  "no such column", "duplicate column", "No such index", "alembic", "Online migration expected")
 
 
 def open_client(tracking_uri: str, wait_s: float = 60.0) -> MlflowClient:

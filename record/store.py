@@ -1,12 +1,14 @@
 """Which MLflow store a command talks to: its tracking URI, resolved and checked before anything starts.
 
-No MLflow import here: a launch validates its flags and starts Ray before it
-pays for MLflow's, so the two overlap.
+No MLflow import here (but where a new SQLite store is created): a launch
+validates its flags and starts Ray before it pays for MLflow's, so the two
+overlap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
@@ -70,24 +72,61 @@ def prepare_store(uri: str) -> tuple[int, int] | None:
     the database file's identity (:func:`store_identity`), which the launch's workers check before writing.
 
     A new folder (and its ``artifacts/``) is created ``0700`` and a new
-    database file ``0600`` (MLflow would leave them readable by everyone);
-    other stores are left to their server. Only the launching process creates
-    a store: its workers open the file this returns, never a new one.
+    database file ``0600`` (MLflow would leave them readable by everyone),
+    whole (:func:`create_store`); other stores are left to their server. Only
+    the launching process creates a store: its workers open the file this
+    returns, never a new one.
     """
     db = sqlite_path(uri)
     if db is None:
         return None
     private_folder(db.parent, "the tracking store's folder")
     private_folder(db.parent / "artifacts", "the tracking store's artifact folder")
-    try:
-        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        if not os.access(db, os.R_OK | os.W_OK):
-            raise StoreError(f"the tracking store {db} is not readable and writable by this user") from None
-    except OSError as error:
-        raise StoreError(f"the tracking store {db} cannot be created: {error.strerror or error}") from None
+    if not db.exists():
+        create_store(db)
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise StoreError(f"the tracking store {db} is not readable and writable by this user")
     write_ahead_log(db)
     return store_identity(uri)
+
+
+def create_store(db: Path) -> None:
+    """A new SQLite store at ``db``, whole or not at all.
+
+    MLflow creates a store's tables on first open, in dozens of migrations over
+    seconds; another process opening the same new file meanwhile (a plain
+    ``mlflow.search_runs``) runs them too, and whoever comes second to a step
+    fails (or leaves the file half-migrated). So the tables are created in a
+    private file beside it, which then takes the store's name only if nothing is
+    there yet (a hard link: atomic, never overwriting). Whoever opens the path
+    finds nothing or a complete store; a disk that fills leaves nothing. If
+    another process created the store first, its file is kept (opening it waits
+    for its tables: :func:`record.runs.open_client`).
+    """
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow's first client runs on an empty database
+
+    building = db.with_name(f"{db.name}.new-{os.getpid()}")
+    try:
+        building.unlink(missing_ok=True)  # a killed launch's leftover with this pid
+        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        engine = sqlalchemy.create_engine(f"sqlite:///{building}")
+        try:
+            _initialize_tables(engine)  # in SQLite's default journal mode: every commit is in the file itself
+        finally:
+            engine.dispose()
+        os.link(building, db)
+    except FileExistsError:
+        pass  # another process created the store meanwhile
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy's, Alembic's and the system's errors alike
+        if "database or disk is full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
+            raise StoreError(f"the tracking store {db} cannot be created: the disk is full (database or disk is "
+                             "full); free space, or pass another --tracking-uri") from None
+        raise StoreError(f"the tracking store {db} cannot be created: "
+                         f"{getattr(error, 'strerror', None) or str(error).splitlines()[0]}") from None
+    finally:
+        for leftover in (building, building.with_name(building.name + "-journal")):
+            leftover.unlink(missing_ok=True)
 
 
 def store_identity(uri: str) -> tuple[int, int] | None:

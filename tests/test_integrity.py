@@ -203,10 +203,17 @@ def test_the_team_server_restarts_at_once_on_its_port_private_and_without_teleme
 
 
 def test_a_server_beyond_loopback_needs_allowed_hosts_and_a_launcher_it_refuses_says_so(store, tmp_path):
-    proc = subprocess.run([PYTHON, "-m", "tune_jobs.tracking_server", "--host", "0.0.0.0", "--insecure", "--port",
-                           str(free_port())], cwd=tmp_path, env=python_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--host 0.0.0.0 needs --allowed-hosts" in proc.stderr, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1
+    refused = subprocess.Popen([PYTHON, "-m", "tune_jobs.tracking_server", "--host", "0.0.0.0", "--insecure", "--port",
+                                str(free_port())], cwd=tmp_path, env=python_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = refused.communicate(timeout=60)
+    finally:
+        if refused.poll() is None:  # it started a server after all: SIGTERM stops it with its mlflow server child
+            os.killpg(refused.pid, signal.SIGTERM)
+            refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "--host 0.0.0.0 needs --allowed-hosts" in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1
     server = TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts"), port=free_port(),
                             allowed_hosts="mlflow.example:5000", log_file=tmp_path / "server.log")
     with server:
@@ -238,11 +245,14 @@ def test_a_sqlite_store_deleted_mid_sweep_is_said_never_claimed_and_never_re_cre
 
 
 READER = """
-import sys, time
+import os, sys, time
 import mlflow
-mlflow.set_tracking_uri(sys.argv[1])
+uri, seconds = sys.argv[1], float(sys.argv[2])
+mlflow.set_tracking_uri(uri)
 print("ready", flush=True)
-deadline, reads, errors = time.monotonic() + float(sys.argv[2]), 0, set()
+deadline, reads, errors = time.monotonic() + seconds, 0, set()
+while not os.path.exists(uri[len("sqlite:///"):] + ".lock") and time.monotonic() < deadline:
+    time.sleep(0.002)  # a dashboard polling the store's folder: it reads as soon as the launch opens the store
 while time.monotonic() < deadline:
     try:
         mlflow.search_runs(experiment_ids=["0"])
@@ -255,18 +265,21 @@ print("reads", reads, sorted(errors), flush=True)
 
 
 def test_a_launch_survives_another_process_creating_the_same_new_store(tmp_path):
+    """Two readers' first ``search_runs`` create the new store's tables (MLflow's migrations, seconds) just as the
+    launch opens the store it has just created: whoever comes second to a migration step fails in MLflow."""
     db = tmp_path / "new" / "mlflow.db"
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
-    reader = subprocess.Popen([PYTHON, "-c", READER, uri, "25"], cwd=tmp_path, env=python_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    readers = [subprocess.Popen([PYTHON, "-c", READER, uri, "40"], cwd=tmp_path, env=python_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
     try:
-        assert reader.stdout.readline().strip() == "ready"  # MLflow imported: it polls from before the launch
+        for reader in readers:  # MLflow imported: they poll from before the launch starts
+            assert reader.stdout.readline().strip() == "ready"
         proc = launch([*TINY, "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")], tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     finally:
-        out = reader.communicate(timeout=120)[0]
-    assert "reads" in out and int(out.split()[1]) > 0, out
+        said = [reader.communicate(timeout=120)[0] for reader in readers]
+    assert all("reads" in out and int(out.split()[1]) > 0 for out in said), said
     assert statuses(uri, "poison_sensitivity") == ["FINISHED"]
 
 
