@@ -18,11 +18,12 @@ def load_model(run_id: str, tracking_uri: str | None = None, device: str = "cpu"
     ``tracking_uri``: default ``$MLFLOW_TRACKING_URI``, else the embedded store under ``mlruns/``.
     """
     import torch
+
+    from record.schema import MODEL_DIR, MODEL_SPEC, MODEL_WEIGHTS  # record first: it keeps MLflow's telemetry off
+    from record.store import resolve_tracking_uri
     from mlflow.tracking import MlflowClient
 
     from core.models import build_model
-    from record.schema import MODEL_DIR, MODEL_SPEC, MODEL_WEIGHTS
-    from record.store import resolve_tracking_uri
 
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     with tempfile.TemporaryDirectory() as folder:

@@ -179,7 +179,7 @@ def _load_file_class(loss_source: LossSource) -> Any:
     sys.modules[module_name] = module  # dataclasses and pickling look their class's module up here
     try:
         exec(code, module.__dict__)
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # a file that calls sys.exit() at import is refused, not obeyed
         del sys.modules[module_name]
         raise LossContractError(f"loss file {loss_source.spec!r} raised while loading: {_describe(error)}") from error
     if not hasattr(module, USER_CLASS_NAME):
@@ -191,7 +191,7 @@ def _load_module_class(loss_source: LossSource) -> Any:
     module_name, _, class_name = loss_source.spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         message = f"loss {loss_source.spec!r}: cannot import {module_name!r}: {_describe(error)}"
         raise LossContractError(message) from error
     if not hasattr(module, class_name):

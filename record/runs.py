@@ -23,6 +23,41 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return None
 
 
+#: What MLflow's table creation says when another process creates or migrates the same new store at that moment.
+_CREATION_RACE = ("already exists", "out-of-date database schema", "database is locked", "no such table",
+                  "no such column", "duplicate column", "No such index", "alembic", "Online migration expected")
+
+
+def open_client(tracking_uri: str, wait_s: float = 60.0) -> MlflowClient:
+    """An MLflow client on ``tracking_uri``, its store's tables created (MLflow creates them on first open).
+
+    Another process (a plain ``mlflow.search_runs`` included) may create or migrate a new SQLite store at the same
+    moment; MLflow's migrations then fail in one of the two ("table ... already exists"): this one waits for the
+    other and opens the store again, for up to ``wait_s``. A disk that fills up meanwhile is a
+    :class:`record.store.StoreError` naming the store.
+    """
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from record.store import StoreError, sqlite_path
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return MlflowClient(tracking_uri)
+        except Exception as error:  # noqa: BLE001 - MLflow's and SQLAlchemy's errors alike; re-raised unless a race
+            db, text = sqlite_path(tracking_uri), str(error)
+            if db is None:
+                raise
+            if "database or disk is full" in text or "No space left on device" in text:
+                raise StoreError(f"the tracking store {db} cannot be created: the disk is full "
+                                 "(database or disk is full); free space, or pass another --tracking-uri") from None
+            if time.monotonic() > deadline or not any(sign in text for sign in _CREATION_RACE):
+                raise
+            time.sleep(0.5)
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``, created (with artifacts beside a SQLite store) if missing."""
     experiment = client.get_experiment_by_name(name)

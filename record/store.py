@@ -1,12 +1,14 @@
 """Which MLflow store a command talks to: its tracking URI, resolved and checked before anything starts.
 
-No MLflow import here: a launch validates its flags and starts Ray before it
-pays for MLflow's, so the two overlap.
+No MLflow import here (but where a new SQLite store is created): a launch
+validates its flags and starts Ray before it pays for MLflow's, so the two
+overlap.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
@@ -65,26 +67,94 @@ def private_folder(path: Path, what: str) -> Path:
     return path
 
 
-def prepare_store(uri: str) -> None:
-    """Before a launch writes to a SQLite store: its folder and database exist, are private and writable.
+def prepare_store(uri: str) -> tuple[int, int] | None:
+    """Before a launch writes to a SQLite store: its folder and database exist, are private and writable; returns
+    the database file's identity (:func:`store_identity`), which the launch's workers check before writing.
 
     A new folder (and its ``artifacts/``) is created ``0700`` and a new
-    database file ``0600`` (MLflow would leave them readable by everyone);
-    other stores are left to their server.
+    database file ``0600`` (MLflow would leave them readable by everyone),
+    whole (:func:`create_store`); other stores are left to their server. Only
+    the launching process creates a store: its workers open the file this
+    returns, never a new one.
     """
     db = sqlite_path(uri)
     if db is None:
-        return
+        return None
     private_folder(db.parent, "the tracking store's folder")
     private_folder(db.parent / "artifacts", "the tracking store's artifact folder")
-    try:
-        os.close(os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        if not os.access(db, os.R_OK | os.W_OK):
-            raise StoreError(f"the tracking store {db} is not readable and writable by this user") from None
-    except OSError as error:
-        raise StoreError(f"the tracking store {db} cannot be created: {error.strerror or error}") from None
+    if not db.exists():
+        create_store(db)
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise StoreError(f"the tracking store {db} is not readable and writable by this user")
     write_ahead_log(db)
+    return store_identity(uri)
+
+
+def create_store(db: Path) -> None:
+    """A new SQLite store at ``db``, whole or not at all.
+
+    MLflow creates a store's tables on first open, in dozens of migrations over
+    seconds; another process opening the same new file meanwhile (a plain
+    ``mlflow.search_runs``) runs them too, and whoever comes second to a step
+    fails (or leaves the file half-migrated). So the tables are created in a
+    private file beside it, which then takes the store's name only if nothing is
+    there yet (a hard link: atomic, never overwriting). Whoever opens the path
+    finds nothing or a complete store; a disk that fills leaves nothing. If
+    another process created the store first, its file is kept (opening it waits
+    for its tables: :func:`record.runs.open_client`).
+    """
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow's first client runs on an empty database
+
+    building = db.with_name(f"{db.name}.new-{os.getpid()}")
+    try:
+        building.unlink(missing_ok=True)  # a killed launch's leftover with this pid
+        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        engine = sqlalchemy.create_engine(f"sqlite:///{building}")
+        try:
+            _initialize_tables(engine)  # in SQLite's default journal mode: every commit is in the file itself
+        finally:
+            engine.dispose()
+        os.link(building, db)
+    except FileExistsError:
+        pass  # another process created the store meanwhile
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy's, Alembic's and the system's errors alike
+        if "database or disk is full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC:
+            raise StoreError(f"the tracking store {db} cannot be created: the disk is full (database or disk is "
+                             "full); free space, or pass another --tracking-uri") from None
+        raise StoreError(f"the tracking store {db} cannot be created: "
+                         f"{getattr(error, 'strerror', None) or str(error).splitlines()[0]}") from None
+    finally:
+        for leftover in (building, building.with_name(building.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+
+
+def store_identity(uri: str) -> tuple[int, int] | None:
+    """A SQLite store's database file as the system knows it, (device, inode): a file deleted and re-created at the
+    same path (by anyone: an SQLite connection creates a missing file) is another store. None for other stores or
+    a missing file."""
+    db = sqlite_path(uri)
+    try:
+        info = os.stat(db) if db is not None else None
+    except OSError:
+        return None
+    return None if info is None else (info.st_dev, info.st_ino)
+
+
+class StoreReplaced(RuntimeError):
+    """A SQLite store was deleted or replaced while a launch used it; the message names the file."""
+
+
+def check_store(uri: str, identity: tuple[int, int] | None) -> None:
+    """Raise :class:`StoreReplaced` when the SQLite store the launch opened (``identity``) is gone or replaced, before
+    anything opens it: MLflow would create an empty store there, and the launch's runs would go into it."""
+    db = sqlite_path(uri)
+    if db is None or identity is None:
+        return
+    now = store_identity(uri)
+    if now != tuple(identity):
+        raise StoreReplaced(f"the tracking store {db} was " + ("deleted" if now is None else "replaced by another file")
+                            + " while the launch ran")
 
 
 def write_ahead_log(db: Path) -> None:
@@ -137,16 +207,45 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
             if response.status != 200:
                 raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {response.status}")
+    except urllib.error.HTTPError as error:
+        _refused(uri, error.code)
+        raise TrackingUnavailable(f"tracking server {uri} answered /health with HTTP {error.code}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise TrackingUnavailable(f"tracking server {uri} does not answer: {reason}") from None
+    # /health answers anyone; MLflow's API checks the Host header (and credentials) first: ask it once as MLflow will
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError as error:
+        _refused(uri, error.code)
+    except (urllib.error.URLError, OSError):
+        pass  # not the question here: MLflow's own client retries and reports
 
 
-def store_gone(uri: str) -> bool:
-    """Whether the tracking store is gone: a server that does not answer, a SQLite file that is not there."""
+def _refused(uri: str, code: int) -> None:
+    """A tracking server that answers but refuses this client: say why in one line."""
+    if code == 403:
+        host = urlparse(uri).netloc
+        raise TrackingUnavailable(f"tracking server {uri} refuses this client (HTTP 403 Forbidden): it does not "
+                                  f"allow the Host {host!r}; restart it with --allowed-hosts including {host!r}")
+    if code == 401:
+        raise TrackingUnavailable(f"tracking server {uri} requires authentication (HTTP 401): set "
+                                  "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+
+
+def store_gone(uri: str, identity: tuple[int, int] | None = None) -> bool:
+    """Whether the tracking store is gone: a server that does not answer, a SQLite file that is not there (or, given
+    the ``identity`` the launch opened, is another file now)."""
     path = sqlite_path(uri)
     if path is not None:
-        return not path.exists()
+        now = store_identity(uri)
+        return now is None or (identity is not None and now != tuple(identity))
     try:
         check_reachable(uri, timeout_s=5.0)
     except TrackingUnavailable:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import socket
 import sys
-import threading
 import time
 import traceback
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from record import schema
+from record import checkpoints, schema
 from record.runs import point_runs, point_statuses
 from record.store import StoreError
 
@@ -268,37 +265,16 @@ class SweepWriter:
                 time.sleep(0.1 * (attempt + 1))
 
     def save_checkpoint(self, run_id: str, local_file: str, slot: str, epoch: int) -> None:
-        """Upload a point's checkpoint as ``checkpoint/<slot>/<file>`` of its run, then name it in the
-        ``robustlab.checkpoint`` tag: alternating two slots, a crash mid-upload never spoils the named one."""
-        path = f"{schema.CHECKPOINT_DIR}/{slot}"
-        self.client.log_artifact(run_id, local_file, path)
-        note = {"epoch": epoch, "path": f"{path}/{os.path.basename(local_file)}",
-                "bytes": os.path.getsize(local_file), "node": node_address(), "time": time.time()}
-        self.client.set_tag(run_id, schema.TAG_CHECKPOINT, json.dumps(note))
+        """See :func:`record.checkpoints.save_checkpoint`."""
+        checkpoints.save_checkpoint(self.client, run_id, local_file, slot, epoch, node_address())
 
     def download_checkpoint(self, run_id: str, note: Mapping[str, Any], folder: str) -> str:
-        """Fetch the checkpoint ``note`` (see :func:`checkpoint_note`) names into ``folder``; its local path."""
-        return self.client.download_artifacts(run_id, note["path"], folder)
+        """See :func:`record.checkpoints.download_checkpoint`."""
+        return checkpoints.download_checkpoint(self.client, run_id, note, folder)
 
     def drop_checkpoints(self, run_id: str, keep_latest: bool = False) -> None:
-        """A finished point's checkpoints: all deleted with the ``robustlab.checkpoint`` tag, or all but the one
-        the tag names (``keep_latest``)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        run = self.client.get_run(run_id)
-        note = checkpoint_note(run)
-        if note is None:
-            return
-        # MLflow's artifact-repository interface, as `mlflow gc` uses it (the client has no delete call)
-        repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.client.tracking_uri)
-        if not keep_latest:
-            repository.delete_artifacts(schema.CHECKPOINT_DIR)
-            self.client.delete_tag(run_id, schema.TAG_CHECKPOINT)
-            return
-        latest = note["path"].split("/")[1]
-        for entry in self.client.list_artifacts(run_id, schema.CHECKPOINT_DIR):
-            if entry.path != f"{schema.CHECKPOINT_DIR}/{latest}":
-                repository.delete_artifacts(entry.path)
+        """See :func:`record.checkpoints.drop_checkpoints`."""
+        checkpoints.drop_checkpoints(self.client, run_id, keep_latest)
 
     def log_model(self, run_id: str, spec: Mapping[str, Any], weights_file: str) -> None:
         """The point's trained model: ``model/state_dict.pt`` and ``model/model.json`` (how to rebuild it)."""
@@ -346,17 +322,6 @@ class SweepWriter:
         return len(orphans)
 
 
-def checkpoint_note(run) -> dict[str, Any] | None:
-    """The ``robustlab.checkpoint`` tag of a point's run (epoch, artifact path, bytes, node), or None."""
-    text = run.data.tags.get(schema.TAG_CHECKPOINT)
-    try:
-        note = json.loads(text) if text else None
-    except ValueError:
-        return None
-    valid = isinstance(note, dict) and isinstance(note.get("path"), str) and isinstance(note.get("epoch"), int)
-    return note if valid and note["path"].startswith(schema.CHECKPOINT_DIR + "/") else None
-
-
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
                      paths: Iterable[Path], metrics: Mapping[str, float] = (),
                      provenance: Mapping[str, str] = ()) -> str:
@@ -380,86 +345,3 @@ def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, st
 def reopen_sweep(client: MlflowClient, sweep_id: str) -> None:
     """Mark a sweep's parent RUNNING again (``--resume``)."""
     client.update_run(sweep_id, status="RUNNING")
-
-
-class LeaseHeld(RuntimeError):
-    """Another launch holds a sweep's lease; the message says who and since when."""
-
-
-class Lease:
-    """One writer per sweep: a heartbeat tag on the parent run (``robustlab.lease``), renewed while a launch runs.
-
-    A lease is fresh while its last renewal is younger than ``ttl_s``; a launch
-    refuses a sweep whose lease another holder keeps fresh, unless forced (a
-    holder on this host whose process is gone holds nothing).
-    """
-
-    def __init__(self, client: MlflowClient, sweep_id: str, ttl_s: float = 60.0, renew_s: float = 15.0) -> None:
-        self.client, self.sweep_id, self.ttl_s, self.renew_s = client, sweep_id, ttl_s, renew_s
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.since = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def value(self, now: float | None = None) -> str:
-        return json.dumps({"holder": self.holder, "since": self.since, "renewed": now or time.time()})
-
-    def current(self) -> dict | None:
-        text = self.client.get_run(self.sweep_id).data.tags.get(schema.TAG_LEASE)
-        return json.loads(text) if text else None
-
-    def acquire(self, force: bool = False, settle_s: float = 1.0) -> None:
-        """Take the lease, or raise :class:`LeaseHeld` naming the holder; a write-then-read settles a race."""
-        held = self.current()
-        if held and not force and held["holder"] != self.holder and self._alive(held):
-            raise LeaseHeld(self._describe(held))
-        self.client.set_tag(self.sweep_id, schema.TAG_LEASE, self.value())
-        time.sleep(settle_s)
-        held = self.current()
-        if held and held["holder"] != self.holder:
-            raise LeaseHeld(self._describe(held))
-
-    def _alive(self, held: dict) -> bool:
-        """Fresh (renewed within ``ttl_s``) and not provably dead: a holder on this host whose process is gone."""
-        if time.time() - held["renewed"] >= self.ttl_s:
-            return False
-        host, pid, _ = held["holder"].split(":")
-        if host != socket.gethostname():
-            return True
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process: alive
-            pass
-        return True
-
-    def _describe(self, held: dict) -> str:
-        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(held["since"]))
-        host, pid, _ = held["holder"].split(":")
-        return (f"another launch is running sweep {self.sweep_id} (host {host}, pid {pid}) since {since}; "
-                f"its last heartbeat was {time.time() - held['renewed']:.0f} s ago (a lease expires after "
-                f"{self.ttl_s:.0f} s)")
-
-    def keep(self, tracking_uri: str) -> None:
-        """Renew the lease every ``renew_s`` in a daemon thread (its own client) until :meth:`release`."""
-        client = MlflowClient(tracking_uri)
-
-        def renew() -> None:
-            while not self._stop.wait(self.renew_s):
-                try:
-                    client.set_tag(self.sweep_id, schema.TAG_LEASE, self.value())
-                except Exception:  # noqa: BLE001 - a store that stopped answering is the launch's to report
-                    pass
-
-        self._thread = threading.Thread(target=renew, name="robustlab-lease", daemon=True)
-        self._thread.start()
-
-    def release(self) -> None:
-        """Stop renewing and remove the lease (a later ``--resume`` may start at once)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        with contextlib.suppress(Exception):
-            if (self.current() or {}).get("holder") == self.holder:
-                self.client.delete_tag(self.sweep_id, schema.TAG_LEASE)

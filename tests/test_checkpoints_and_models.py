@@ -15,7 +15,7 @@ from core.training import accuracy
 from core.vision_data import DATASETS, load_dataset
 from record import schema
 from record.runs import search_all_runs
-from record.write import checkpoint_note
+from record.checkpoints import checkpoint_note
 from tune_jobs.runner import main
 
 COMMON = ["--grid", "loss=cross_entropy,symmetric_ce", "--grid", "seed=42", "--set", "epochs=4", "--checkpoint-every", "1"]

@@ -19,7 +19,7 @@ from test_tracking_server import free_port
 from vision_fixtures import write_cifar10, write_fashion_mnist
 from record import schema
 from record.runs import search_all_runs
-from record.write import checkpoint_note
+from record.checkpoints import checkpoint_note
 from tune_jobs.tracking_server import TrackingServer
 
 RAY = str(Path(PYTHON).parent / "ray")

@@ -172,6 +172,8 @@ def test_a_tracking_server_restarted_in_seconds_loses_nothing_and_one_gone_for_g
         output = log.read()
     assert took < 30 + 45, f"the launch took {took:.0f} s to give up"  # the bound, an in-flight point, Ray's stop
     assert uri in output and "Nothing is lost" in output and "--resume " in output, output[-3000:]
+    (said,) = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert "stopped answering" in said and "Traceback" not in said, said  # what happened, not a traceback's head
 
     with server():
         resumed = launch([*LONG, "--experiment", "gone", *common, "--resume", "--force"], tmp_path)

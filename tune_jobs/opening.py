@@ -8,20 +8,22 @@ import time
 from typing import TYPE_CHECKING
 
 from record import schema
-from record.store import store_lock
+from record.store import store_identity, store_lock
 from tune_jobs.launch import Launch, UsageError
 from tune_jobs.provenance import provenance_tags
 
 if TYPE_CHECKING:
-    from record.write import Lease, SweepWriter
+    from record.lease import Lease
+    from record.write import SweepWriter
 
 
 def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]:
     """``--resume``: the sweep to continue and its lease, if no launch holds it and its recorded grid and params
     are this launch's. It is reopened (RUNNING) only after every check passed: a refused ``--resume`` leaves it as
     it was."""
+    from record.lease import Lease, LeaseHeld
     from record.read import find_sweep, recorded_grid
-    from record.write import Lease, LeaseHeld, SweepWriter, reopen_sweep
+    from record.write import SweepWriter, reopen_sweep
 
     study, tracking = launch.study, launch.tracking
     wanted = None if tracking.resume == "latest" else tracking.resume
@@ -36,9 +38,11 @@ def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
                          f"for {({d: schema.encode(v) for d, v in requested.items()})}")
     lease = Lease(client, sweep.info.run_id)
     try:
-        lease.acquire(force=tracking.force)
+        note = lease.acquire(force=tracking.force)
     except LeaseHeld as held:
         raise UsageError(f"--resume: {held}; wait for it to end, or pass --force if that machine is dead") from None
+    if note:
+        print(f"{study.name}: {note}", flush=True)
     try:
         _check_unchanged(launch, SweepWriter(tracking.uri, experiment_id, sweep.info.run_id, study.name))
     except UsageError:
@@ -50,7 +54,8 @@ def _resume_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
 
 def _create_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Lease]:
     """A new sweep's parent run (its protocol values, grid, search settings and provenance) and its lease."""
-    from record.write import Lease, create_sweep
+    from record.lease import Lease
+    from record.write import create_sweep
 
     study = launch.study
     provenance = provenance_tags(launch.study_ref, launch.argv)
@@ -68,21 +73,20 @@ def _create_sweep(client, launch: Launch, experiment_id: str) -> tuple[str, Leas
     return sweep_id, lease
 
 
-def open_tracking(launch: Launch) -> tuple[SweepWriter, set[str], Lease]:
+def open_tracking(launch: Launch, identity: tuple[int, int] | None = None) -> tuple[SweepWriter, set[str], Lease]:
     """The sweep's parent run (opened, or found for ``--resume``), the points it already finished, its lease.
 
     For a new sweep this runs in a thread while Ray starts (the driver's first
     MLflow import happens here); a small artifact on the parent proves the
-    artifact store takes writes before any point trains.
+    artifact store takes writes before any point trains. ``identity``: the SQLite store's file the launch
+    created (:func:`record.store.prepare_store`); the lease is not renewed into another.
     """
-    from mlflow.tracking import MlflowClient
-
-    from record.runs import get_or_create_experiment
+    from record.runs import get_or_create_experiment, open_client
     from record.write import SweepWriter, check_artifacts
 
     uri = launch.tracking.uri
     with store_lock(uri):  # a new SQLite store's tables are created once (by the client), not by two at a time
-        client = MlflowClient(uri)
+        client = open_client(uri)  # ...and a process that is no launch creating them meanwhile is waited for
         experiment_id = get_or_create_experiment(client, launch.tracking.experiment, uri)
     sweep_id, lease = (_resume_sweep if launch.tracking.resume else _create_sweep)(client, launch, experiment_id)
     sweep = SweepWriter(uri, experiment_id, sweep_id, launch.study.name)
@@ -92,7 +96,7 @@ def open_tracking(launch: Launch) -> tuple[SweepWriter, set[str], Lease]:
     except Exception as error:
         abandon(sweep, lease, error)
         raise
-    lease.keep(uri)
+    lease.keep(uri, (lambda: store_identity(uri) == identity) if identity is not None else (lambda: True))
     return sweep, finished, lease
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from record import TELEMETRY_OFF
 from tune_jobs.launch import Launch, UsageError
 
 if TYPE_CHECKING:
@@ -59,9 +60,35 @@ LOCAL_RAY_INIT = {"include_dashboard": False, "configure_logging": True, "loggin
 
 
 def start_ray(launch: Launch) -> None:
-    """Join ``--address`` or start a local Ray on loopback, sized to this machine."""
+    """Join ``--address`` or start a local Ray on loopback, sized to this machine.
+
+    Without ``--address`` a new local Ray starts always: never a Ray already running here (``ray.init()`` joins the
+    one ``ray start`` last started, or ``$RAY_ADDRESS``; that variable is set aside, saying so).
+    """
     if launch.compute.address is None:
         local_ray_settings()
+        ignored = os.environ.pop("RAY_ADDRESS", "")
+        if ignored:
+            print(f"robustlab: ignoring RAY_ADDRESS={ignored}: a launch without --address starts its own local Ray; "
+                  f"pass --address {ignored} to run on that cluster", flush=True)
+    _ray_settings()
+    import ray
+
+    # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if launch.compute.address is None:
+        ray.init(address="local", **LOCAL_RAY_INIT)
+    else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
+        try:
+            ray.init(address=launch.compute.address, logging_level="WARNING",
+                     runtime_env={"py_modules": packages_to_ship(launch.study_ref),
+                                  "env_vars": {k: os.environ[k] for k in PRIVATE_DEFAULTS if k in os.environ}})
+        except ConnectionError as error:
+            raise UsageError(f"--address {launch.compute.address}: no Ray cluster answers ({error})") from None
+
+
+def _ray_settings() -> None:
+    """The environment of any launch's Ray (each setting only if the user set none); Ray reads some at import."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray Tune's console output (a configuration box, a pointer to its own result files) tells nothing MLflow and
     # the launcher's progress lines do not; trial errors are still logged.
@@ -71,19 +98,6 @@ def start_ray(launch: Launch) -> None:
     # Ctrl-C is a KeyboardInterrupt here (Tune's own handler ends the run as if it had completed): the launch
     # stops at once and ends the parent and the in-flight runs KILLED.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    import ray
-
-    # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if launch.compute.address is None:
-        ray.init(**LOCAL_RAY_INIT)
-    else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
-        try:
-            ray.init(address=launch.compute.address, logging_level="WARNING",
-                     runtime_env={"py_modules": packages_to_ship(launch.study_ref),
-                                  "env_vars": {k: os.environ[k] for k in PRIVATE_DEFAULTS if k in os.environ}})
-        except ConnectionError as error:
-            raise UsageError(f"--address {launch.compute.address}: no Ray cluster answers ({error})") from None
 
 
 #: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry.
@@ -106,7 +120,8 @@ def set_private_defaults(tracking_timeout_s: float) -> None:
     bound = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(per_request)}
     for key, value in (PRIVATE_DEFAULTS | bound).items():
-        os.environ.setdefault(key, value)
+        if key not in TELEMETRY_OFF:  # record's own rule (both off unless the user set either)
+            os.environ.setdefault(key, value)
 
 
 def packages_to_ship(ref: str) -> list[str]:
@@ -125,14 +140,56 @@ def packages_to_ship(ref: str) -> list[str]:
 
 
 def check_ray_address(address: str | None, timeout_s: float = 10.0) -> None:
-    """Fail fast, naming the address, when a Ray head at HOST:PORT does not answer."""
-    if address is None or address == "auto" or "://" in address:
+    """Fail fast (within ``2 * timeout_s``), naming what was found, when the Ray cluster ``address`` names cannot be
+    joined: for ``auto`` the one ``$RAY_ADDRESS``, Ray's address file or a Ray running here names, at the address
+    Ray would connect to (a cluster on loopback is reached at this machine's own address). Ray itself retries such
+    a cluster for many minutes."""
+    if address is None or "://" in address:
         return
-    host, _, port = address.rpartition(":")
+    _ray_settings()
+    from ray._common.utils import get_ray_address_file  # Ray's own lookup (the version is pinned)
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address == "auto":
+        source = ("$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else get_ray_address_file(None)
+                  if os.path.exists(get_ray_address_file(None)) else "a Ray process running on this machine")
+    else:
+        source = "--address"
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        target = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as error:
+        raise UsageError(f"--address {address}: no Ray cluster answers ({error})") from None
+    if target is None:
+        raise UsageError(f"--address {address}: no Ray cluster answers (none found)")
+    found = f"found {target} ({source})" if address == "auto" else f"Ray connects to {target}"
+    host, _, port = target.rpartition(":")
+    try:
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
     except (OSError, ValueError) as error:
-        raise UsageError(f"--address {address}: no Ray cluster answers there ({error})") from None
+        raise UsageError(f"--address {address}: no Ray cluster answers there ({found}: {error}); it cannot be "
+                         "joined from here") from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+            if not _answers_grpc(connection, timeout_s):
+                raise UsageError(f"--address {address}: {found} accepts connections but does not answer as a Ray "
+                                 f"cluster within {timeout_s:g} s; it cannot be joined from here")
+
+
+def _answers_grpc(connection: socket.socket, timeout_s: float) -> bool:
+    """Whether the peer speaks HTTP/2, as a Ray head's GCS (a gRPC server) does: it answers a client's connection
+    preface with a SETTINGS frame at once."""
+    try:
+        connection.settimeout(timeout_s)
+        connection.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        header = b""
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == 4  # frame type SETTINGS
 
 
 def check_resources(launch: Launch) -> None:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from record import schema
 from record.runs import ui_link
-from record.store import StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder
+from record.store import (StoreError, StoreReplaced, TrackingUnavailable, check_reachable, check_store,
+                          prepare_store, private_folder, sqlite_path)
 from tune_jobs.cli import parse_launch
 from tune_jobs.launch import Launch, UsageError, fail_usage
 from tune_jobs.opening import abandon, open_tracking
@@ -46,11 +47,11 @@ def _prepare(launch: Launch) -> Launch:
     return dataclasses.replace(launch, points=prepared[:len(launch.points)])
 
 
-def _open_while_ray_starts(launch: Launch) -> tuple[SweepWriter, set[str], object]:
+def _open_while_ray_starts(launch: Launch, identity: tuple[int, int] | None) -> tuple[SweepWriter, set[str], object]:
     """Open the sweep's record and start Ray; a new sweep opens in a thread while Ray starts (in this thread),
     a resumed one first (its lease and the record's checks come before anything starts)."""
     if launch.tracking.resume:
-        sweep, finished, lease = open_tracking(launch)
+        sweep, finished, lease = open_tracking(launch, identity)
         try:
             start_ray(launch)
         except BaseException as error:
@@ -58,7 +59,7 @@ def _open_while_ray_starts(launch: Launch) -> tuple[SweepWriter, set[str], objec
             raise
         return sweep, finished, lease
     with ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(open_tracking, launch)
+        opening = pool.submit(open_tracking, launch, identity)
         try:
             start_ray(launch)
         except BaseException as error:
@@ -68,7 +69,7 @@ def _open_while_ray_starts(launch: Launch) -> tuple[SweepWriter, set[str], objec
         return opening.result()
 
 
-def _trial_context(launch: Launch, sweep: SweepWriter) -> TrialContext:
+def _trial_context(launch: Launch, sweep: SweepWriter, identity: tuple[int, int] | None = None) -> TrialContext:
     compute, outputs = launch.compute, launch.outputs
     return TrialContext(
         study=launch.study_ref, tracking_uri=launch.tracking.uri, experiment_id=sweep.experiment_id,
@@ -76,20 +77,21 @@ def _trial_context(launch: Launch, sweep: SweepWriter) -> TrialContext:
         gpus_per_trial=compute.gpus_per_trial, point_timeout=compute.point_timeout, log_models=outputs.log_models,
         checkpoint_every=outputs.checkpoint_every, keep_checkpoints=outputs.keep_checkpoints,
         system_metrics=outputs.system_metrics, point_dims=launch.point_dims,
-        space_keys=tuple(d.key for d in launch.search.space),
+        space_keys=tuple(d.key for d in launch.search.space), store_identity=identity,
         provenance={k: v for k, v in provenance_tags(launch.study_ref, launch.argv).items()
                     if k != schema.TAG_COMMAND})
 
 
-def _run_trials(launch: Launch, sweep: SweepWriter, finished: set[str], storage: Path):
+def _run_trials(launch: Launch, sweep: SweepWriter, finished: set[str], storage: Path,
+                identity: tuple[int, int] | None = None):
     """Print what the launch runs, then run it; the tracking error that ended it (or None) and the points its Ray
     trials reported FINISHED (None when not known)."""
-    study, context = launch.study, _trial_context(launch, sweep)
+    study, context = launch.study, _trial_context(launch, sweep, identity)
     where = f"tracking {launch.tracking.uri}, experiment {launch.tracking.experiment!r}, sweep {sweep.sweep_id}"
     if launch.searching:
         print(f"{study.name}: {launch.n_points} points ({launch.search.describe()}; {len(finished)} already "
               f"finished), one per Ray trial, {where}", flush=True)
-        return run_tuner(launch, experiment_path(launch, sweep, storage), search_space(launch, context))
+        return run_tuner(launch, experiment_path(launch, sweep, storage), search_space(launch, context), identity)
     pending = [cfg for cfg in launch.points if launch.point_key(cfg) not in finished]
     if study.cost is not None:  # longest first: the sweep's tail is a short trial, not a long one
         pending.sort(key=study.cost, reverse=True)
@@ -98,7 +100,7 @@ def _run_trials(launch: Launch, sweep: SweepWriter, finished: set[str], storage:
           f"{space.n_trials} Ray trials, {where}", flush=True)
     if not pending:
         return None, set(finished)
-    lost, reported = run_tuner(launch, experiment_path(launch, sweep, storage), space)
+    lost, reported = run_tuner(launch, experiment_path(launch, sweep, storage), space, identity)
     return lost, None if reported is None else reported | finished
 
 
@@ -113,9 +115,9 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                              "--storage-path")
     set_private_defaults(launch.tracking.timeout)
     check_reachable(uri)
-    prepare_store(uri)
+    identity = prepare_store(uri)  # a SQLite store's file: the workers and the end of the launch check it is still it
     check_ray_address(launch.compute.address)
-    sweep, finished, lease = _open_while_ray_starts(launch)
+    sweep, finished, lease = _open_while_ray_starts(launch, identity)
     import ray  # imported by start_ray, after the loopback switch was set
 
     interrupted, lost, reported = False, None, None
@@ -123,7 +125,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         check_resources(launch)
         check_cluster_storage(launch, sweep)
         try:
-            lost, reported = _run_trials(launch, sweep, finished, storage)
+            lost, reported = _run_trials(launch, sweep, finished, storage, identity)
         except KeyboardInterrupt:
             interrupted = True
     except BaseException as error:
@@ -132,6 +134,13 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
         raise
     # In this thread, with nothing else running: Ray exits the process if its worker is touched mid-shutdown.
     ray.shutdown()
+    try:  # nothing is claimed, nor written, for a SQLite store that is no longer the file the launch opened
+        check_store(uri, identity)
+    except StoreReplaced as error:
+        raise TrackingLost(f"{error}: sweep {sweep.sweep_id} and the runs written to it cannot be read back from "
+                           f"{sqlite_path(uri)} (a run written after that went to a file no one can open); nothing "
+                           "is recorded as finished. Restore the file to continue with --resume "
+                           f"{sweep.sweep_id}, or start a new sweep") from None
     if lost is not None:
         raise TrackingLost(f"the tracking store {uri} stopped answering ({lost}); the launch stopped. Nothing is "
                            f"lost: every point whose run is FINISHED there is recorded, the others run again with "

@@ -58,8 +58,9 @@ class TrackingServer:
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_urlsafe(32))  # CSRF, for this server
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        # umask 077: the databases the server creates (mlflow.db, basic_auth.db) and its artifacts are its owner's only
         self.process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, umask=0o077)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -116,8 +117,13 @@ def is_loopback(host: str) -> bool:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now (another server there answers /health as if it were ours)."""
+    """Whether ``host:port`` can be bound now (another server there answers /health as if it were ours).
+
+    With ``SO_REUSEADDR``, as the server itself binds: a port that holds only TIME_WAIT connections of a server that
+    just stopped is free (for ~60 s after a crash a plain bind says it is taken); one a process listens on is not.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -161,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="listen beyond loopback without authentication: anyone who reaches the port can read "
                              "and change every run")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # what the server creates (its databases, log, artifacts) is readable by its owner only
     auth = args.auth or (not is_loopback(args.host) and not args.insecure)
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         print(f"error: --host {args.host} needs authentication: set MLFLOW_AUTH_ADMIN_PASSWORD to the admin's "
               "password (then create users, see README 'Security'), or pass --insecure", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host) and not args.allowed_hosts:
+        print(f"error: --host {args.host} needs --allowed-hosts: MLflow answers 403 to every request whose Host header "
+              "it does not allow (beyond loopback it allows none by default); pass the host:port names clients use, "
+              f"e.g. --allowed-hosts 'mlflow.lab:{args.port},10.0.0.5:{args.port}'", file=sys.stderr)
         return 2
     if not port_is_free(args.host, args.port):
         print(f"error: --port {args.port} on {args.host} is taken (another server?); pick another port",

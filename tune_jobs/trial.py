@@ -36,6 +36,7 @@ class TrialContext:
     provenance: Mapping[str, str] = field(default_factory=dict)
     point_dims: tuple[str, ...] | None = None
     space_keys: tuple[str, ...] = ()  # a search's keys, sampled by Ray Tune into the trial's config
+    store_identity: tuple[int, int] | None = None  # a SQLite store's file (record.store.store_identity)
 
 
 def pack_point(config: Any) -> str:

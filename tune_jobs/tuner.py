@@ -103,14 +103,16 @@ def _trial_name(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
-def run_tuner(launch: Launch, path: str, space: TrialSpace) -> tuple[str | None, set[str] | None]:
+def run_tuner(launch: Launch, path: str, space: TrialSpace,
+              identity: tuple[int, int] | None = None) -> tuple[str | None, set[str] | None]:
     """Run ``space`` as the Ray Tune experiment at ``path``.
 
     With ``--resume`` and that experiment on this machine, Ray Tune restores it (its searcher's state with it):
     finished trials stay finished, interrupted and errored ones continue from their last checkpoint, and the
     progress callback is part of the restored state (:mod:`tune_jobs.progress`). A search cannot resume without
     it. Returns the error if the tracking store stopped answering (which ends the run), else None, and the points
-    the Ray trials reported FINISHED (None for a restored experiment, whose callback is its own).
+    the Ray trials reported FINISHED (None for a restored experiment, whose callback is its own). ``identity``: the
+    SQLite store's file the launch created (another file there is a store gone).
     """
     from ray import tune
 
@@ -140,7 +142,18 @@ def run_tuner(launch: Launch, path: str, space: TrialSpace) -> tuple[str | None,
     try:
         tuner.fit()
     except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
-        if not store_gone(launch.tracking.uri):
+        if not store_gone(launch.tracking.uri, identity):
             raise
-        return f"{type(error).__name__}: {error}".splitlines()[0], None
+        return lost_reason(error), None
     return None, (progress.finished if progress is not None else None)
+
+
+def lost_reason(error: BaseException) -> str:
+    """What a Ray trial said when it lost the tracking store, from the error Ray Tune ends the run with (its text is
+    a whole traceback: the worker's report, else the traceback's last line, says what happened)."""
+    lines = [line.strip() for line in f"{type(error).__name__}: {error}".splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "TrackingLostError:" in line and line.partition("TrackingLostError:")[2].strip():
+            return line.partition("TrackingLostError:")[2].strip()[:500]
+    told = [line for line in lines if not line.startswith(("Traceback", "File ", "^", "~")) and ":" in line]
+    return (told[-1] if told else lines[-1] if lines else type(error).__name__)[:500]

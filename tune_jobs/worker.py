@@ -20,9 +20,10 @@ from typing import Any
 
 from core.point import NO_HOOKS, PointContext, TrainedModel
 from record import schema
+from record.checkpoints import checkpoint_note
 from record.schema import MODEL_WEIGHTS
-from record.store import store_gone
-from record.write import SweepWriter, checkpoint_note
+from record.store import check_store, store_gone
+from record.write import SweepWriter
 from tune_jobs.progress import POINTS, TRACKING_LOST
 from tune_jobs.study import load_study
 from tune_jobs.trial import TrialContext, unpack_point
@@ -65,11 +66,21 @@ class RunEpochHooks:
         self._load(earlier)
 
     def _load(self, earlier) -> None:
-        """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only)."""
+        """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only).
+
+        Only a checkpoint in the run's own slots, saved by that run for this point, is taken (its tag is anyone's
+        to set); the metrics the run holds then count as logged, so a point resumed after its last epoch logs
+        none again."""
         import torch
 
+        ignored = []
+
+        def note_ignored(why: str) -> None:
+            ignored.append(why)
+            print(f"robustlab: point {self.point}: {why}", flush=True)
+
         for run in earlier:  # newest first
-            note = checkpoint_note(run)
+            note = checkpoint_note(run, on_ignored=note_ignored)
             if note is None:
                 continue
             try:
@@ -80,12 +91,17 @@ class RunEpochHooks:
                 print(f"robustlab: point {self.point}: checkpoint of run {run.info.run_id} unusable "
                       f"({type(error).__name__}: {error}); trying an older one", flush=True)
                 continue
-            if saved.get("point") != self.point:
+            if not isinstance(saved, dict) or saved.get("point") != self.point or saved.get("run_id") != run.info.run_id:
+                note_ignored(f"run {run.info.run_id}: its checkpoint {note['path']!r} was not saved by that run for "
+                             "this point; ignored")
                 continue
             self._state, self.resumed_run_id = saved["state"], run.info.run_id
             self.resumed_epoch, self._slot = note["epoch"], note["path"].split("/")[1]
             self._logged_through = self.writer.last_step(run.info.run_id)
+            self.last_logged = dict(run.data.metrics)
             return
+        if ignored:
+            print(f"robustlab: point {self.point}: no usable checkpoint; the point starts over", flush=True)
 
     def restore(self) -> dict[str, Any] | None:
         return self._state
@@ -301,14 +317,16 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
 
     from core.training import select_device  # torch: here, not where the launcher imports this module
 
-    uri = context.tracking_uri
-    writer = SweepWriter(uri, context.experiment_id, context.sweep_id, study.name, context.provenance)
+    uri, identity = context.tracking_uri, context.store_identity
     device = str(select_device("cuda" if context.gpus_per_trial > 0 else "cpu"))
     threads = max(1, int(context.cpus_per_trial))
     ray_trial = tune.get_context().get_trial_id()
     interval = context.system_metrics
     failures, reports = [], _Reports()
     try:
+        # The store the launch opened, not a new one: MLflow would create an empty store where a SQLite file went
+        check_store(uri, identity)
+        writer = SweepWriter(uri, context.experiment_id, context.sweep_id, study.name, context.provenance)
         # Earlier runs of these points: a retry's or restore's (this Ray trial's), and for checkpointing studies
         # any earlier launch's of the sweep (a --resume continues their checkpoints). One search either way.
         earlier = writer.runs_by_point(None if study.checkpoints else ray_trial)
@@ -325,6 +343,7 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
         if not together:  # the skipped points' outcomes go now, each computed point's as it ends
             reports.release()
         for index, point, config, run in pending:
+            check_store(uri, identity)  # a point's runs go nowhere else (a store gone ends the Ray trial, reported)
             hooks = None
             if study.checkpoints:  # the run opens at once: each epoch and checkpoint goes into it
                 hooks = RunEpochHooks(writer, point, context.checkpoint_every, earlier.get(point, ()),
@@ -354,7 +373,7 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
             except PointTimeout:
                 error = PointTimeout(f"the point ran longer than --point-timeout {context.point_timeout:g} s")
             except Exception as raised:  # the point fails; the Ray trial's other points go on
-                if store_gone(uri):
+                if store_gone(uri, identity):
                     raise
                 error = raised
             else:
@@ -365,7 +384,7 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
             reports.send({"point": point, "status": "failed", "points_done": index + 1, "error": str(error)[:500]})
         reports.release()
     except Exception as error:
-        if store_gone(uri):
+        if store_gone(uri, identity):
             tune.report({"status": TRACKING_LOST, "error": f"{type(error).__name__}: {error}"[:500]})
         raise
     if failures:
@@ -418,7 +437,7 @@ def _compute_together(context: TrialContext, study, pending: list[tuple[int, str
             if len(results) != len(pending):
                 raise ValueError(f"run_points returned {len(results)} results for {len(pending)} points")
     except Exception as error:  # noqa: BLE001 - PointTimeout included: the points run alone instead
-        if store_gone(context.tracking_uri):
+        if store_gone(context.tracking_uri, context.store_identity):
             raise
         print(f"robustlab: {len(runs)} points computed together failed ({type(error).__name__}: {error}); "
               "computing them one by one", flush=True)
