@@ -13,7 +13,8 @@ from record.runs import get_or_create_experiment, point_runs, point_statuses
 from record.store import prepare_store
 from record.write import SweepWriter, create_sweep
 from tune_jobs.study import load_study
-from tune_jobs.worker import PointRun, Watchdog
+from tune_jobs.point_run import PointRun
+from tune_jobs.watchdog import Watchdog
 
 
 @pytest.fixture()
