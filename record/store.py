@@ -239,8 +239,13 @@ def _refused(uri: str, code: int) -> None:
                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
 
 
-def store_gone(uri: str, identity: tuple[int, int] | None = None) -> bool:
-    """Whether the tracking store is gone: a server that does not answer, a SQLite file that is not there (or, given
+class TrackingLost(RuntimeError):
+    """The tracking store was lost during a launch (stopped answering, or a SQLite file deleted or replaced):
+    raised to end the launch; the message says what to do."""
+
+
+def tracking_lost(uri: str, identity: tuple[int, int] | None = None) -> bool:
+    """Whether the tracking store is lost: a server that does not answer, a SQLite file that is not there (or, given
     the ``identity`` the launch opened, is another file now)."""
     path = sqlite_path(uri)
     if path is not None:

@@ -14,6 +14,7 @@ import time
 
 from ray import tune
 
+from record.store import TrackingLost
 from tune_jobs.trial import trial_context, trial_points
 
 
@@ -21,10 +22,6 @@ from tune_jobs.trial import trial_context, trial_points
 TRACKING_LOST = "tracking_lost"
 #: The status of one Ray Tune result carrying several points' outcomes (``outcomes``: each as reported alone).
 POINTS = "points"
-
-
-class TrackingLostError(RuntimeError):
-    """Raised from the callback to end the whole Tune run at once: no point can be recorded any more."""
 
 
 class PointProgress(tune.Callback):
@@ -49,7 +46,7 @@ class PointProgress(tune.Callback):
         if status is None:
             return
         if status == TRACKING_LOST:  # Tune fails the run; its saved state keeps running Ray trials unfinished
-            raise TrackingLostError(result.get("error", ""))
+            raise TrackingLost(result.get("error", ""))  # ends the whole Tune run at once
         if self.total is None:  # a restored experiment's finished Ray trials report nothing again
             self.total = trial_context(trial.config).n_points
             self.done = sum(trial_points(t.config) for t in trials if t.status == "TERMINATED")

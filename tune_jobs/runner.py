@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from record import schema
 from record.runs import ui_link
-from record.store import (StoreError, StoreReplaced, TrackingUnavailable, check_reachable, check_store,
-                          prepare_store, private_folder, sqlite_path)
+from record.store import (StoreError, StoreReplaced, TrackingLost, TrackingUnavailable, check_reachable,
+                          check_store, prepare_store, private_folder, sqlite_path)
 from tune_jobs.cli import parse_launch
 from tune_jobs.launch import Launch, UsageError, fail_usage
 from tune_jobs.opening import abandon, open_tracking
@@ -150,10 +150,6 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
     if launch.outputs.analyze_out:
         status = status or _analyze(launch, sweep.sweep_id)
     return status, sweep.sweep_id
-
-
-class TrackingLost(RuntimeError):
-    """The tracking store stopped answering during the launch; the message says what to do."""
 
 
 def _close_sweep(launch: Launch, sweep: SweepWriter, interrupted: bool, reported: set[str] | None = None) -> int:

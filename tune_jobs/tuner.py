@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from record.store import store_gone
+from record.store import tracking_lost
 from tune_jobs.launch import Launch, UsageError
 from tune_jobs.trial import TrialContext, grid_trial, pack_point
 
@@ -142,7 +142,7 @@ def run_tuner(launch: Launch, path: str, space: TrialSpace,
     try:
         tuner.fit()
     except Exception as error:  # a Ray trial lost the tracking store (the callback ended the run), or worse
-        if not store_gone(launch.tracking.uri, identity):
+        if not tracking_lost(launch.tracking.uri, identity):
             raise
         return lost_reason(error), None
     return None, (progress.finished if progress is not None else None)
@@ -153,7 +153,7 @@ def lost_reason(error: BaseException) -> str:
     a whole traceback: the worker's report, else the traceback's last line, says what happened)."""
     lines = [line.strip() for line in f"{type(error).__name__}: {error}".splitlines() if line.strip()]
     for line in reversed(lines):
-        if "TrackingLostError:" in line and line.partition("TrackingLostError:")[2].strip():
-            return line.partition("TrackingLostError:")[2].strip()[:500]
+        if "TrackingLost:" in line and line.partition("TrackingLost:")[2].strip():
+            return line.partition("TrackingLost:")[2].strip()[:500]
     told = [line for line in lines if not line.startswith(("Traceback", "File ", "^", "~")) and ":" in line]
     return (told[-1] if told else lines[-1] if lines else type(error).__name__)[:500]
