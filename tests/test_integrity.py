@@ -1,6 +1,7 @@
 """Resume and record integrity (issue 24), each fault replayed for real: checkpoint and lease tags someone changed, a
 point resumed from its last checkpoint, a loss file that exits, telemetry in every entry point."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -356,3 +357,22 @@ def test_address_auto_finding_a_ray_it_cannot_join_is_refused_within_30_s(tmp_pa
     assert "cannot be joined" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert took < 30 + 10, f"took {took:.0f} s"  # the bound plus interpreter start-up
     assert "RUNNING" not in statuses(uri, "poison_sensitivity", schema.KIND_SWEEP)
+
+
+def test_the_team_server_stopped_while_it_starts_leaves_no_mlflow_server(tmp_path):
+    server = subprocess.Popen([PYTHON, "-m", "tune_jobs.tracking_server", "--port", str(free_port())], cwd=tmp_path,
+                              env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    child = []
+    try:
+        wait_for(lambda: child.extend(subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
+                                                     text=True).stdout.split()) or child, 60, "its mlflow server")
+        os.kill(server.pid, signal.SIGTERM)  # before it is ready (it answers /health seconds later)
+        server.wait(timeout=60)
+        wait_for(lambda: not os.path.exists(f"/proc/{child[0]}"), 30, "the mlflow server to stop")
+    finally:
+        for pid in child:  # whatever is left of what this test started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+        if server.poll() is None:
+            server.kill()

@@ -189,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     server = TrackingServer(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                             args.allowed_hosts, log_file=store / "server.log",
                             auth_config=write_auth_config(store) if auth else None)
-    server.start()
-    print(f"MLflow tracking server ready at {server.uri} (backend {args.backend_store_uri}"
-          + (", basic authentication: clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if auth else "")
-          + f"); launch sweeps with --tracking-uri {server.uri}. Ctrl-C stops it.", flush=True)
+    # SIGTERM (or Ctrl-C) while the server starts stops it too: its process group would outlive this process
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        signal.signal(signal.SIGTERM, _interrupt)
+        server.start()
+        print(f"MLflow tracking server ready at {server.uri} (backend {args.backend_store_uri}"
+              + (", basic authentication: clients set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+                 if auth else "")
+              + f"); launch sweeps with --tracking-uri {server.uri}. Ctrl-C stops it.", flush=True)
         server.process.wait()
     except KeyboardInterrupt:
         pass
