@@ -109,20 +109,15 @@ def test_resume_never_unpickles_a_path_from_the_record_nor_state_others_can_writ
     assert "RUNNING" not in statuses(uri, "poison_sensitivity")
 
 
-def test_a_resume_while_the_sweep_runs_is_refused_and_the_sweep_completes(store, tmp_path):
-    uri, out = store["uri"], store["dir"] / "analysis"
-    common = ["--tracking-uri", uri, "--storage-path", store["ray"]]
-    with open(tmp_path / "first.log", "w+") as log:
-        first = start(["poison_sensitivity", *common, "--analyze", str(out)], store["dir"], log)
-        wait_for(lambda: n_finished(uri, "poison_sensitivity") >= 10, 300, "10 finished points")
-        started = time.monotonic()
-        second = launch(["poison_sensitivity", *common, "--resume"], store["dir"])
-        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-        assert "another launch is running sweep" in second.stderr and "--force" in second.stderr
-        assert time.monotonic() - started < 60
-        assert first.wait(timeout=600) == 0
-        log.seek(0)
-        assert "8 passed, 0 failed" in log.read()
+def test_a_resume_while_the_sweep_runs_is_refused_and_the_sweep_completes(default_poison_sweep):
+    """The session's default sweep (conftest): a second launch tried --resume on it once 10 points had finished."""
+    uri, second = default_poison_sweep["uri"], default_poison_sweep["second"]
+    assert second is not None, "timed out waiting for 10 finished points: " + default_poison_sweep["output"][-2000:]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "another launch is running sweep" in second.stderr and "--force" in second.stderr
+    assert default_poison_sweep["second_took"] < 60
+    assert default_poison_sweep["returncode"] == 0
+    assert "8 passed, 0 failed" in default_poison_sweep["output"]
     points = [r.data.tags[schema.TAG_POINT] for r in runs(uri, "poison_sensitivity")]
     assert statuses(uri, "poison_sensitivity") == ["FINISHED"] * 81 and len(set(points)) == 81
     assert statuses(uri, "poison_sensitivity", schema.KIND_SWEEP) == ["FINISHED"]
