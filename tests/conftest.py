@@ -90,3 +90,35 @@ def default_poison_sweep(tmp_path_factory):
         output = log.read()
     return {"uri": uri, "out": out, "dir": root, "returncode": returncode, "output": output,
             "second": second, "second_took": second_took}
+
+
+#: The reduced poison_sensitivity sweep of ``reduced_poison_sweep``: 4 fractions x 2 widths x 2 seeds, 30 epochs.
+REDUCED_POISON_GRID = ["--grid", "poison_fraction=0,0.2,0.4,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
+                       "--set", "epochs=30"]
+
+
+@pytest.fixture(scope="session")
+def reduced_poison_sweep(tmp_path_factory):
+    """One reduced poison_sensitivity sweep (REDUCED_POISON_GRID, experiment 'ps-test') launched in this process,
+    then its analysis (``run_analysis``: one analysis run); computed once per session and read by the tests that only
+    read it (test_poison_sweep, test_findings_metrics). Both statuses are recorded for the tests to assert."""
+    from analysis.common import run_analysis
+    from analysis.poison_sensitivity import ANALYSIS
+    from tune_jobs.runner import main
+
+    root = tmp_path_factory.mktemp("reduced_poison_sweep")
+    uri, out = f"sqlite:///{root / 'mlflow.db'}", root / "out"
+    here = os.getcwd()
+    saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(root)
+    try:
+        status = main("poison_sensitivity", REDUCED_POISON_GRID + ["--tracking-uri", uri, "--storage-path",
+                                                                   str(root / "ray"), "--experiment", "ps-test"])
+        analysis_status = run_analysis(ANALYSIS, "poison_sensitivity", ["--experiment", "ps-test", "--tracking-uri",
+                                                                        uri, "--out", str(out)])
+    finally:
+        os.chdir(here)
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    return {"uri": uri, "out": out, "dir": root, "experiment": "ps-test", "status": status,
+            "analysis_status": analysis_status}
