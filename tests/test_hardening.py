@@ -295,7 +295,10 @@ def test_the_team_server_refuses_a_taken_port_and_open_hosts_without_authenticat
 
 # Points that stay RUNNING long after their run opens (a point's run opens once it has run 2 s): the test kills or
 # interrupts the launch while one runs, and a slow poll on a busy machine must not find the launch already over.
-RUNNING_LONG = [*LONG[:-4], "--set", "epochs=60000", "--points-per-trial", "1"]
+# Two points, one Ray trial each: on 2 CPUs both run at once, so no point of 60000 epochs is left to run after the
+# Ray trials' workers are killed (with four, the launch computed two more before it could end FAILED).
+RUNNING_LONG = ["poison_sensitivity", "--grid", "poison_fraction=0,0.1", "--grid", "hidden_width=8", "--grid", "seed=1",
+                "--set", "epochs=60000", "--points-per-trial", "1"]
 
 
 def test_a_killed_ray_trial_and_ctrl_c_leave_nothing_running(store, tmp_path):
