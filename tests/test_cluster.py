@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,11 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
     from core.studies.robust_loss import RobustLossConfig, run_point
 
     epochs = 40
+    # The uninterrupted run to compare with, computed in this process meanwhile: the launch is one Ray trial, so one
+    # node's CPU computes at a time and the driver only waits (before, it was computed after the launch, ~25 s).
+    background = ThreadPoolExecutor(1)
+    uninterrupted = background.submit(run_point, RobustLossConfig(loss="cross_entropy", epochs=epochs), PLAIN)
+    background.shutdown(wait=False)
     launch = _launch(cluster, "robust_loss", [
         "--tracking-uri", server.uri, "--experiment", "node-dies", "--grid", "loss=cross_entropy", "--grid", "seed=42",
         "--set", f"epochs={epochs}",
@@ -243,6 +249,5 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
     assert resumed >= 3 and resumed % 2 == 1, resumed  # --checkpoint-every 2 keeps epochs 1, 3, 5, ...
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc"))
     assert steps == list(range(epochs)), "every epoch logged exactly once"
-    uninterrupted = run_point(RobustLossConfig(loss="cross_entropy", epochs=epochs), PLAIN)
-    for name, value in uninterrupted.metrics.items():
+    for name, value in uninterrupted.result(timeout=600).metrics.items():
         assert run.data.metrics[name] == value, name
