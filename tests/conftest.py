@@ -1,6 +1,7 @@
 """Shared fixtures: a fresh SQLite MLflow store and Ray storage folder per test."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -33,3 +34,91 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def default_poison_sweep(tmp_path_factory):
+    """One finished default (81-point) poison_sensitivity sweep with ``--analyze``, launched once per session as
+    ``python -m tune_jobs poison_sensitivity`` and read by the tests that only read it (test_poison_full_table).
+
+    While it runs (10 points finished), a second launch tries ``--resume`` on it: test_hardening asserts that this
+    launch is refused and that the sweep still completes; here it is only recorded, so that every reader sees the
+    same single launch."""
+    import subprocess
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from record import schema
+    from record.runs import search_all_runs
+
+    root = tmp_path_factory.mktemp("default_poison_sweep")
+    uri, out, log_path = f"sqlite:///{root / 'mlflow.db'}", root / "analysis", root / "first.log"
+    common = ["--tracking-uri", uri, "--storage-path", str(root / "ray")]
+
+    def finished() -> int:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("poison_sensitivity")
+        runs = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_POINT}'")
+        return sum(r.info.status == "FINISHED" for r in runs)
+
+    with open(log_path, "w+") as log:
+        first = subprocess.Popen([PYTHON, "-m", "tune_jobs", "poison_sensitivity", *common, "--analyze", str(out)],
+                                 cwd=root, env=python_env(), stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            second, second_took = None, None
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and first.poll() is None:
+                try:
+                    if finished() >= 10:
+                        break
+                except Exception:  # the store may not exist yet
+                    pass
+                time.sleep(0.5)
+            if first.poll() is None:
+                started = time.monotonic()
+                second = subprocess.run([PYTHON, "-m", "tune_jobs", "poison_sensitivity", *common, "--resume"],
+                                        cwd=root, env=python_env(), capture_output=True, text=True, timeout=600)
+                second_took = time.monotonic() - started
+            returncode = first.wait(timeout=600)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+        log.seek(0)
+        output = log.read()
+    return {"uri": uri, "out": out, "dir": root, "returncode": returncode, "output": output,
+            "second": second, "second_took": second_took}
+
+
+#: The reduced poison_sensitivity sweep of ``reduced_poison_sweep``: 4 fractions x 2 widths x 2 seeds, 30 epochs.
+REDUCED_POISON_GRID = ["--grid", "poison_fraction=0,0.2,0.4,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
+                       "--set", "epochs=30"]
+
+
+@pytest.fixture(scope="session")
+def reduced_poison_sweep(tmp_path_factory):
+    """One reduced poison_sensitivity sweep (REDUCED_POISON_GRID, experiment 'ps-test') launched in this process,
+    then its analysis (``run_analysis``: one analysis run); computed once per session and read by the tests that only
+    read it (test_poison_sweep, test_findings_metrics). Both statuses are recorded for the tests to assert."""
+    from analysis.common import run_analysis
+    from analysis.poison_sensitivity import ANALYSIS
+    from record.read import read_sweep
+    from tune_jobs.runner import main
+
+    root = tmp_path_factory.mktemp("reduced_poison_sweep")
+    uri, out = f"sqlite:///{root / 'mlflow.db'}", root / "out"
+    here = os.getcwd()
+    saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(root)
+    try:
+        status = main("poison_sensitivity", REDUCED_POISON_GRID + ["--tracking-uri", uri, "--storage-path",
+                                                                   str(root / "ray"), "--experiment", "ps-test"])
+        analysis_status = run_analysis(ANALYSIS, read_sweep("ps-test", uri, study="poison_sensitivity"), out)
+    finally:
+        os.chdir(here)
+        if saved_uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    return {"uri": uri, "out": out, "dir": root, "experiment": "ps-test", "status": status,
+            "analysis_status": analysis_status}

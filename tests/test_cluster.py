@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,16 +50,18 @@ def _session_pids(session: int) -> list[int]:
     return pids
 
 
-def _stop_session(session: int, signals=((signal.SIGTERM, 5), (signal.SIGKILL, 5))) -> None:
-    """Signal every process of the session the test started (some Ray daemons ignore SIGTERM)."""
+def _stop_session(*sessions: int, signals=((signal.SIGTERM, 5), (signal.SIGKILL, 5))) -> None:
+    """Signal every process of the sessions the test started (some Ray daemons ignore SIGTERM), all sessions at once:
+    each signal's wait is shared rather than spent once per session."""
     for sig, wait in signals:
-        for pid in _session_pids(session):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        for session in sessions:
+            for pid in _session_pids(session):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _session_pids(session):
+        while time.monotonic() < deadline and any(_session_pids(session) for session in sessions):
             time.sleep(0.2)
 
 
@@ -127,15 +130,16 @@ def cluster(tmp_path_factory):
                        f"mount -t tmpfs tmpfs {storage} && exec {join}"])
         yield Cluster(f"{HEAD}:{port}", env, storage, data_dir, sessions)
     finally:
-        for session in sessions.values():
-            _stop_session(session)
+        _stop_session(*sessions.values())
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def server(tmp_path):
-    with TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts"), port=free_port(),
-                        log_file=tmp_path / "server.log") as running:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One tracking server for the module's launches (each test writes its own experiment); stopped afterwards."""
+    root = tmp_path_factory.mktemp("server")
+    with TrackingServer(f"sqlite:///{root / 'server.db'}", str(root / "artifacts"), port=free_port(),
+                        log_file=root / "server.log") as running:
         yield running
 
 
@@ -186,7 +190,7 @@ def test_checkpointing_sweep_with_no_shared_storage(cluster, server, tmp_path):
         assert schema.TAG_CHECKPOINT not in run.data.tags
         assert {a.path for a in client.list_artifacts(run.info.run_id, schema.MODEL_DIR)} == {
             f"{schema.MODEL_DIR}/{schema.MODEL_SPEC}", f"{schema.MODEL_DIR}/{schema.MODEL_WEIGHTS}"}
-    assert not _files(tmp_path / "artifacts", schema.CHECKPOINT_DIR), "checkpoints left behind on the server"
+    assert not _files(Path(server.artifacts_destination), schema.CHECKPOINT_DIR), "checkpoints left behind on the server"
     assert not _files(cluster.storage, "checkpoint_000000"), "Ray Tune checkpoints on the driver's storage"
 
 
@@ -209,15 +213,21 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
     from core.studies.robust_loss import RobustLossConfig, run_point
 
     epochs = 40
+    # The uninterrupted run to compare with, computed in this process meanwhile: the launch is one Ray trial, so one
+    # node's CPU computes at a time and the driver only waits (before, it was computed after the launch, ~25 s).
+    background = ThreadPoolExecutor(1)
+    uninterrupted = background.submit(run_point, RobustLossConfig(loss="cross_entropy", epochs=epochs), PLAIN)
+    background.shutdown(wait=False)
     launch = _launch(cluster, "robust_loss", [
-        "--tracking-uri", server.uri, "--grid", "loss=cross_entropy", "--grid", "seed=42", "--set", f"epochs={epochs}",
+        "--tracking-uri", server.uri, "--experiment", "node-dies", "--grid", "loss=cross_entropy", "--grid", "seed=42",
+        "--set", f"epochs={epochs}",
         "--checkpoint-every", "2", "--max-failures", "1", "--analyze", str(tmp_path / "out")], tmp_path, wait=False)
     try:
         deadline, victim = time.monotonic() + 300, None
         while victim is None and time.monotonic() < deadline and launch.poll() is None:
             time.sleep(0.5)
             try:
-                _, runs = _point_runs(server.uri, "robust_loss")
+                _, runs = _point_runs(server.uri, "node-dies")
             except Exception:  # noqa: BLE001 - the experiment is not there yet
                 continue
             note = checkpoint_note(runs[0]) if runs else None
@@ -230,7 +240,7 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
         if launch.poll() is None:
             launch.kill()
     assert launch.returncode == 0, out[-4000:]
-    client, runs = _point_runs(server.uri, "robust_loss")
+    client, runs = _point_runs(server.uri, "node-dies")
     assert len(runs) == 1, "no duplicate run"
     (run,) = runs
     survivor = next(ip for ip in WORKERS if ip != victim)
@@ -239,6 +249,5 @@ def test_a_point_whose_node_dies_resumes_on_another_node_from_its_checkpoint(clu
     assert resumed >= 3 and resumed % 2 == 1, resumed  # --checkpoint-every 2 keeps epochs 1, 3, 5, ...
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc"))
     assert steps == list(range(epochs)), "every epoch logged exactly once"
-    uninterrupted = run_point(RobustLossConfig(loss="cross_entropy", epochs=epochs), PLAIN)
-    for name, value in uninterrupted.metrics.items():
+    for name, value in uninterrupted.result(timeout=600).metrics.items():
         assert run.data.metrics[name] == value, name

@@ -8,18 +8,14 @@ from mlflow.tracking import MlflowClient
 
 from record import schema
 from record.runs import search_all_runs
-from tune_jobs.runner import main
 
 
-def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(store):
-    out = store["dir"] / "out"
-    grid = ["--grid", "poison_fraction=0,0.1,0.3,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
-            "--set", "epochs=40"]
-    main("poison_sensitivity", [*grid, "--tracking-uri", store["uri"], "--storage-path", store["ray"],
-                                "--analyze", str(out)])
+def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(reduced_poison_sweep):
+    """The session's reduced sweep (conftest: 4 fractions x widths 16, 32 x seeds 1, 2, and one analysis run)."""
+    store, out, experiment = reduced_poison_sweep, reduced_poison_sweep["out"], reduced_poison_sweep["experiment"]
     summary = json.loads((out / "summary.json").read_text())
     client = MlflowClient(store["uri"])
-    experiment_id = client.get_experiment_by_name("poison_sensitivity").experiment_id
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
     (analysis,) = search_all_runs(client, [experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_ANALYSIS}'")
     parent = client.get_run(analysis.data.tags[schema.TAG_SWEEP])
     expected = {}
@@ -45,7 +41,7 @@ def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(store):
 
     mlflow.set_tracking_uri(store["uri"])
     try:
-        sweeps = mlflow.search_runs(experiment_names=["poison_sensitivity"],
+        sweeps = mlflow.search_runs(experiment_names=[experiment],
                                     filter_string=f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'")
     finally:
         mlflow.set_tracking_uri(None)

@@ -109,20 +109,15 @@ def test_resume_never_unpickles_a_path_from_the_record_nor_state_others_can_writ
     assert "RUNNING" not in statuses(uri, "poison_sensitivity")
 
 
-def test_a_resume_while_the_sweep_runs_is_refused_and_the_sweep_completes(store, tmp_path):
-    uri, out = store["uri"], store["dir"] / "analysis"
-    common = ["--tracking-uri", uri, "--storage-path", store["ray"]]
-    with open(tmp_path / "first.log", "w+") as log:
-        first = start(["poison_sensitivity", *common, "--analyze", str(out)], store["dir"], log)
-        wait_for(lambda: n_finished(uri, "poison_sensitivity") >= 10, 300, "10 finished points")
-        started = time.monotonic()
-        second = launch(["poison_sensitivity", *common, "--resume"], store["dir"])
-        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-        assert "another launch is running sweep" in second.stderr and "--force" in second.stderr
-        assert time.monotonic() - started < 60
-        assert first.wait(timeout=600) == 0
-        log.seek(0)
-        assert "8 passed, 0 failed" in log.read()
+def test_a_resume_while_the_sweep_runs_is_refused_and_the_sweep_completes(default_poison_sweep):
+    """The session's default sweep (conftest): a second launch tried --resume on it once 10 points had finished."""
+    uri, second = default_poison_sweep["uri"], default_poison_sweep["second"]
+    assert second is not None, "timed out waiting for 10 finished points: " + default_poison_sweep["output"][-2000:]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "another launch is running sweep" in second.stderr and "--force" in second.stderr
+    assert default_poison_sweep["second_took"] < 60
+    assert default_poison_sweep["returncode"] == 0
+    assert "8 passed, 0 failed" in default_poison_sweep["output"]
     points = [r.data.tags[schema.TAG_POINT] for r in runs(uri, "poison_sensitivity")]
     assert statuses(uri, "poison_sensitivity") == ["FINISHED"] * 81 and len(set(points)) == 81
     assert statuses(uri, "poison_sensitivity", schema.KIND_SWEEP) == ["FINISHED"]
@@ -302,7 +297,10 @@ def test_the_team_server_refuses_a_taken_port_and_open_hosts_without_authenticat
 
 # Points that stay RUNNING long after their run opens (a point's run opens once it has run 2 s): the test kills or
 # interrupts the launch while one runs, and a slow poll on a busy machine must not find the launch already over.
-RUNNING_LONG = [*LONG[:-4], "--set", "epochs=60000", "--points-per-trial", "1"]
+# Two points, one Ray trial each: on 2 CPUs both run at once, so no point of 60000 epochs is left to run after the
+# Ray trials' workers are killed (with four, the launch computed two more before it could end FAILED).
+RUNNING_LONG = ["poison_sensitivity", "--grid", "poison_fraction=0,0.1", "--grid", "hidden_width=8", "--grid", "seed=1",
+                "--set", "epochs=60000", "--points-per-trial", "1"]
 
 
 def test_a_killed_ray_trial_and_ctrl_c_leave_nothing_running(store, tmp_path):

@@ -19,19 +19,25 @@ ONE_THREAD = {
 }
 
 
-def _sweep_table(store, extra):
-    out = store["dir"] / "analysis"
-    status = main("poison_sensitivity", ["--tracking-uri", store["uri"], "--storage-path", store["ray"],
-                                         "--analyze", str(out), *extra])
-    assert status == 0, "the sweep, its analysis and validation must all pass"
+def _table(out):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_finished_runs"] == 81 and len(summary["aggregate"]) == 27
     return {w: (round(e["clean_acc"], 3), round(100 * e["threshold"], 1), round(e["r2"], 3),
                 round(e["gen_gap_at_max"], 3)) for w, e in summary["widths"].items()}
 
 
-def test_default_sweep_reproduces_the_one_thread_table_within_published_tolerances(store):
-    table = _sweep_table(store, [])
+def _sweep_table(store, extra):
+    out = store["dir"] / "analysis"
+    status = main("poison_sensitivity", ["--tracking-uri", store["uri"], "--storage-path", store["ray"],
+                                         "--analyze", str(out), *extra])
+    assert status == 0, "the sweep, its analysis and validation must all pass"
+    return _table(out)
+
+
+def test_default_sweep_reproduces_the_one_thread_table_within_published_tolerances(default_poison_sweep):
+    """The session's default sweep (conftest: `python -m tune_jobs poison_sensitivity --analyze`, launched once)."""
+    assert default_poison_sweep["returncode"] == 0, "the sweep, its analysis and validation must all pass"
+    table = _table(default_poison_sweep["out"])
     assert table == ONE_THREAD
     for width, (clean, threshold, r2, _) in table.items():
         published = PUBLISHED[width]

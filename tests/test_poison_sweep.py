@@ -4,22 +4,17 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from analysis.common import run_analysis
 from analysis.poison_sensitivity import ANALYSIS
 from record import schema
 from record.runs import search_all_runs
 from record.read import read_sweep
 from tune_jobs.studies.poison_sensitivity import STUDY
-from tune_jobs.runner import main
-
-GRID = ["--grid", "poison_fraction=0,0.2,0.4,0.5", "--grid", "hidden_width=16,32", "--grid", "seed=1,2",
-        "--set", "epochs=30"]
 
 
-def test_reduced_sweep_tracked_and_analysed(store):
-    status = main("poison_sensitivity", GRID + ["--tracking-uri", store["uri"], "--storage-path", store["ray"],
-                                                "--experiment", "ps-test"])
-    assert status == 0
+def test_reduced_sweep_tracked_and_analysed(reduced_poison_sweep):
+    """The session's reduced sweep (conftest: REDUCED_POISON_GRID launched in-process, then run_analysis)."""
+    store = reduced_poison_sweep
+    assert store["status"] == 0
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name("ps-test")
     runs = search_all_runs(client, [experiment.experiment_id], "")
@@ -45,9 +40,8 @@ def test_reduced_sweep_tracked_and_analysed(store):
     history = client.get_metric_history(child.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(30))
 
-    out = store["dir"] / "out"
-    sweep = read_sweep("ps-test", store["uri"], study="poison_sensitivity")
-    assert run_analysis(ANALYSIS, sweep, out) == 0
+    out = store["out"]
+    assert store["analysis_status"] == 0  # run_analysis(ANALYSIS, read_sweep("ps-test", ...), out)
     for name in ("summary.json", "sigmoid_fits.md", "sigmoid_fits.csv", "accuracy_vs_poison.png",
                  "generalization_gap.png", "train_vs_test.png"):
         assert (out / name).stat().st_size > 0, name
