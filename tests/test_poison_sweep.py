@@ -55,5 +55,6 @@ def test_reduced_sweep_tracked_and_analysed(reduced_poison_sweep):
     logged = {a.path for a in client.list_artifacts(analysis_runs[0].info.run_id)}
     assert {"summary.json", "accuracy_vs_poison.png"} <= logged
 
+    sweep = read_sweep("ps-test", store["uri"], study="poison_sensitivity")
     results = {c.name: c.passed for c in ANALYSIS.checks(sweep, ANALYSIS.analyze(sweep))}
     assert results["all grid points finished"] and results["aggregate points"] and results["no duplicate grid points"]
