@@ -122,6 +122,15 @@ def test_a_study_without_analysis_runs_and_refuses_analyze_before_ray(tmp_path):
     assert ran.returncode == 0 and "2/2 grid points finished" in ran.stdout, ran.stdout[-2000:] + ran.stderr[-2000:]
 
 
+def test_a_config_field_with_no_default_outside_the_grid_is_named_even_for_help(tmp_path):
+    source = BARE_STUDY.split("    LIAR = ")[0].replace("        x: int = 1\n", "        width: int\n        x: int = 1\n")
+    write_package(tmp_path, "nodefault_pkg", {"study": source})
+    proc = subprocess.run([PYTHON, "-m", "tune_jobs", "nodefault_pkg.study", "--help"], cwd=tmp_path,
+                          env=python_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "config field 'width' has no default and is not a grid dimension" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_a_result_without_a_declared_metric_fails_its_point_naming_it(store, monkeypatch):
     write_package(store["dir"], "liar_pkg", {"liar": BARE_STUDY})
     monkeypatch.syspath_prepend(str(store["dir"]))  # the driver imports it; Ray's workers get the cwd (store["dir"])

@@ -120,6 +120,11 @@ class Study:
         unknown = set(self.grid) - names
         if unknown:
             raise ValueError(f"grid dimensions {sorted(unknown)} are not fields of {self.config_type.__name__}")
+        missing = [f.name for f in dataclasses.fields(self.config_type) if f.name not in self.grid
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"study {self.name!r}: config field {missing[0]!r} has no default and is not a grid "
+                             "dimension; give it a default or put it in the grid")
         if self.checkpoints and self.points_per_trial != 1:
             raise ValueError("a checkpointing study runs one grid point per Ray trial (points_per_trial=1)")
         if self.analyze_by_default and self.analysis is None:
