@@ -90,6 +90,11 @@ def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_tria
     return search_all_runs(client, [experiment_id], _point_query(sweep_id, ray_trial, status))
 
 
+def has_finished_point(client: MlflowClient, experiment_id: str, sweep_id: str) -> bool:
+    """Whether a sweep has at least one FINISHED point run (one run read, at most)."""
+    return bool(client.search_runs([experiment_id], _point_query(sweep_id, status="FINISHED"), max_results=1))
+
+
 def point_statuses(client: MlflowClient, experiment_id: str, sweep_id: str) -> dict[str, set[str]]:
     """Each point of a sweep with the statuses of its runs, read page by page (memory stays flat at any size)."""
     found: dict[str, set[str]] = {}

@@ -116,6 +116,8 @@ class Study:
     open_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.name == "sweeps":
+            raise ValueError("a study cannot be named 'sweeps': python -m tune_jobs sweeps lists a store's sweeps")
         names = {f.name for f in dataclasses.fields(self.config_type)}
         unknown = set(self.grid) - names
         if unknown:
