@@ -121,3 +121,39 @@ def test_no_study_can_be_named_sweeps():
 
     with pytest.raises(ValueError, match="cannot be named 'sweeps'"):
         dataclasses.replace(STUDY, name="sweeps")
+
+
+def test_point_names_show_what_differs_first_and_floats_to_4_digits():
+    from tune_jobs.studies.robust_loss import STUDY
+    from tune_jobs.study import point_name
+
+    point = "benchmark=cnn-digits-labelflip loss=generalized_ce seed=42"  # the robustlab.point tag: unchanged
+    single = tuple(d for d, values in STUDY.grid.items() if len(values) == 1)
+    assert single == ("benchmark",), "the default grid has one benchmark"
+    assert STUDY.run_name(point, single) == "loss=generalized_ce s=42 bench=cnn-digits-labelflip"
+    assert STUDY.run_name(point) == "bench=cnn-digits-labelflip loss=generalized_ce s=42"  # several benchmarks
+    assert point_name("loss.q=0.4812893194050143 lr=0.001 seed=42", {"seed": "s"}, ("seed",)) == \
+        "loss.q=0.4813 lr=0.001 s=42"
+
+
+def test_the_analysis_run_is_named_after_its_sweep_with_its_findings_and_settings(two_sweeps):
+    from analysis.common import run_analysis
+    from analysis.poison_sensitivity import ANALYSIS
+    from record import schema
+    from record.read import read_sweep
+    from record.runs import search_all_runs
+
+    sweep = read_sweep("poison_sensitivity", two_sweeps["uri"])
+    points = search_all_runs(sweep.client, [sweep.experiment_id], f"tags.`{schema.TAG_SWEEP}` = '{sweep.sweep_id}' "
+                             f"and tags.`{schema.TAG_KIND}` = 'point'")
+    assert sorted(r.data.tags[schema.TAG_POINT] for r in points) == \
+        ["poison_fraction=0.0 hidden_width=128 seed=42", "poison_fraction=0.3 hidden_width=128 seed=42"]
+    assert sorted(r.info.run_name for r in points) == ["pf=0 w=128 s=42", "pf=0.3 w=128 s=42"]
+
+    assert run_analysis(ANALYSIS, sweep, two_sweeps["dir"] / "logged") == 0
+    [run] = search_all_runs(sweep.client, [sweep.experiment_id], f"tags.`{schema.TAG_SWEEP}` = '{sweep.sweep_id}' "
+                            f"and tags.`{schema.TAG_KIND}` = 'analysis'")
+    assert run.info.run_name == f"analysis-{sweep.name}"
+    findings = json.loads((two_sweeps["dir"] / "logged" / "summary.json").read_text())["findings"]
+    assert findings and run.data.tags[schema.TAG_NOTE] == "\n".join(f"- {f}" for f in findings)
+    assert run.data.params == {"confidence": "0.95", "bootstrap_resamples": "1000", "bootstrap_seed": "0"}

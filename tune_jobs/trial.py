@@ -36,6 +36,7 @@ class TrialContext:
     provenance: Mapping[str, str] = field(default_factory=dict)
     point_dims: tuple[str, ...] | None = None
     space_keys: tuple[str, ...] = ()  # a search's keys, sampled by Ray Tune into the trial's config
+    single_dims: tuple[str, ...] = ()  # grid dimensions with one value in this launch: last in run names
 
 
 def pack_point(config: Any) -> str:

@@ -318,7 +318,7 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
                 reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
                 pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial,
-                                                                 study.run_name(point))))
+                                                                 study.run_name(point, getattr(context, "single_dims", ())))))
         together = {}
         if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
             together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))
