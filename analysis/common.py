@@ -201,7 +201,7 @@ def run_analysis(analysis: Analysis, sweep: SweepRecord, out: Path, *, validate:
                                           "bootstrap_seed": BOOTSTRAP_SEED})
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "
               f"{ui_link(sweep.tracking_uri, sweep.experiment_id)}")
-    print(f"outputs in {out}/: " + ", ".join(p.name for p in paths))
+    print(f"outputs in {out.resolve()}/: " + ", ".join(p.name for p in paths))
     if validate:
         print(f"\nvalidation of sweep {sweep.sweep_id}:")
         return run_checks(analysis.checks(sweep, output))

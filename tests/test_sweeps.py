@@ -46,6 +46,7 @@ def two_sweeps(tmp_path_factory):
     proc = _run(["-m", "tune_jobs", "poison_sensitivity", *GRID, "--storage-path", str(folder / "ray")], folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    assert f"tracking {uri}, experiment 'poison_sensitivity'" in proc.stdout, "the store, absolute, in the first line"
     from record.read import find_sweep
 
     client = MlflowClient(uri)
