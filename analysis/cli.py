@@ -124,8 +124,8 @@ def build_parser(prog: str = COMMAND, study: str | None = None, check_only: bool
     parser.add_argument("--sweep-id", default=None, help="the sweep's parent run id (default: the latest sweep)")
     if not check_only:
         parser.add_argument("--out", type=Path, default=None,
-                            help="output folder (default: results/EXPERIMENT, the experiment's name: "
-                                 f"results/{study or 'STUDY'} for the study's own experiment)")
+                            help=f"output folder (default: results/{study or 'STUDY'}; with --experiment NAME, "
+                                 "results/NAME)")
         parser.add_argument("--no-log", action="store_true", help="do not log the outputs back to MLflow")
         parser.add_argument("--validate", action="store_true",
                             help="also run the study's validation checks; exit 1 if any fails")
