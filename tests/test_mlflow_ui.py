@@ -99,7 +99,7 @@ def test_the_printed_link_opens_the_sweep_with_its_points_nested_and_findings_sh
 
     point = points[0]
     point_page = visible_text(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
-    assert point.info.run_name in point_page and re.fullmatch(r"pf=[\d.]+ w=32 s=4[23]", point.info.run_name)
+    assert point.info.run_name in point_page and re.fullmatch(r"pf=[\d.]+ s=4[23] w=32", point.info.run_name)
     assert f"Parent run {sweep.info.run_name}" in point_page
     assert "gaussian_clusters" in point_page and "python -m tune_jobs poison_sensitivity" in point_page
 
