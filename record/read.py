@@ -314,7 +314,8 @@ def list_sweeps(tracking_uri: str | None = None, experiment: str | None = None, 
             statuses = point_statuses(client, exp.experiment_id, run.info.run_id)
             n_points = tags.get(schema.TAG_N_POINTS)
             out.append(SweepSummary(
-                experiment=exp.name, sweep_id=run.info.run_id, name=run.info.run_name, study=tags.get(schema.TAG_STUDY, ""),
+                experiment=exp.name, sweep_id=run.info.run_id, name=run.info.run_name,
+                study=tags.get(schema.TAG_STUDY, ""),
                 status=run.info.status, n_finished=sum("FINISHED" in s for s in statuses.values()),
                 n_points=int(n_points) if n_points else None, start_time=run.info.start_time,
                 end_time=run.info.end_time if run.info.status != "RUNNING" else None,

@@ -86,7 +86,8 @@ class PointProgress(tune.Callback):
         shown = ", ".join(f"{k}={result[k]:.4g}" for k in self.metrics if isinstance(result.get(k), (int, float)))
         if status == "epoch":  # MLflow's step numbers: epoch 0 is the first (the histories' step)
             total = result.get("epochs_total")
-            shown = f"epoch {result['epoch']}" + (f" (of 0..{total - 1})" if total else "") + (f", {shown}" if shown else "")
+            shown = (f"epoch {result['epoch']}" + (f" (of 0..{total - 1})" if total else "")
+                     + (f", {shown}" if shown else ""))
         if status == "failed":
             shown = result.get("error", "")
         point = result.get("point")
