@@ -108,22 +108,24 @@ def build_parser(prog: str = COMMAND, study: str | None = None, check_only: bool
     shown = study or "STUDY"
     parser = argparse.ArgumentParser(
         prog=prog,
-        description=(f"Validate a finished {shown} sweep read back from MLflow: run its analysis in memory and its "
+        description=(f"Validate a finished sweep of {shown} read back from MLflow: run its analysis in memory and its "
                      "checks; exit 1 if any fails, 2 if there is nothing to validate." if check_only else
-                     f"Analyse a {shown} sweep read back from MLflow: summary.json, markdown and CSV tables, plots; "
+                     f"Analyse a sweep of {shown} read back from MLflow: summary.json, markdown and CSV tables, plots; "
                      "the files are also logged as an analysis run nested under the sweep."),
     )
     if study is None:
         parser.add_argument("study", metavar="STUDY",
                             help=f"a built-in study's name ({', '.join(builtin_studies())}), package.module (its "
-                                 "STUDY) or package.module:ATTR, as `python -m tune_jobs` takes")
+                                 "STUDY) or package.module:ATTR, as python -m tune_jobs takes")
     parser.add_argument("--experiment", default=None,
                         help=f"MLflow experiment name (default: {study or 'the study name'})")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--sweep-id", default=None, help="the sweep's parent run id (default: the latest sweep)")
     if not check_only:
-        parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: results/{shown})")
+        parser.add_argument("--out", type=Path, default=None,
+                            help=f"output folder (default: results/{study or 'STUDY'}; with --experiment NAME, "
+                                 "results/NAME)")
         parser.add_argument("--no-log", action="store_true", help="do not log the outputs back to MLflow")
         parser.add_argument("--validate", action="store_true",
                             help="also run the study's validation checks; exit 1 if any fails")
@@ -154,5 +156,5 @@ def main(argv: list[str] | None = None, *, study: str | None = None, prog: str =
 
         words = shlex.split(prog) + ([] if study else [ref])  # how the command names the study
         provenance = context_tags(shlex.join(words), shlex.join(shlex.split(prog) + given), target.source)
-    return run_analysis(target.analysis, sweep, args.out or Path("results") / target.name, validate=args.validate,
+    return run_analysis(target.analysis, sweep, args.out or Path("results") / sweep.experiment, validate=args.validate,
                         log=not args.no_log, provenance=provenance)

@@ -193,11 +193,15 @@ def run_analysis(analysis: Analysis, sweep: SweepRecord, out: Path, *, validate:
             shown = ["python", "-m", "analysis", sweep.study, "--experiment", sweep.experiment, "--tracking-uri",
                      sweep.tracking_uri, "--sweep-id", sweep.sweep_id, "--out", str(out)]
             provenance = context_tags(shlex.join(shown[:4]), shlex.join(shown), Path(__file__).resolve().parent)
+        from core.stats import BOOTSTRAP_SEED, CONFIDENCE, N_RESAMPLES
+
         run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, sweep.study, paths,
-                                  output.metrics, provenance)
+                                  output.metrics, provenance, sweep_name=sweep.name, findings=output.findings,
+                                  params={"confidence": CONFIDENCE, "bootstrap_resamples": N_RESAMPLES,
+                                          "bootstrap_seed": BOOTSTRAP_SEED})
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "
               f"{ui_link(sweep.tracking_uri, sweep.experiment_id)}")
-    print(f"outputs in {out}/: " + ", ".join(p.name for p in paths))
+    print(f"outputs in {out.resolve()}/: " + ", ".join(p.name for p in paths))
     if validate:
         print(f"\nvalidation of sweep {sweep.sweep_id}:")
         return run_checks(analysis.checks(sweep, output))

@@ -146,8 +146,56 @@ def _curves(sweep: SweepRecord) -> dict[str, plt.Figure]:
     return {"curves.png": figure}
 
 
+def search_keys(sweep: SweepRecord) -> list[str]:
+    """The keys a search sweep sampled (its parent's ``space.<key>`` params); empty for a grid sweep."""
+    return [k[len("space."):] for k in sweep.fixed if k.startswith("space.")]
+
+
+def _analyze_search(sweep: SweepRecord, keys: list[str]) -> AnalysisOutput:
+    """A search sweep: one row per point, best first by the search's metric (a validation metric; else
+    robust_score). Its points are different settings, not seeds of one setting: no means, stds or intervals over
+    them, no comparison with cross-entropy by seed, and none of the grid leaderboard's metrics."""
+    runs = sweep.runs.copy()
+    metric = sweep.fixed.get("metric") if sweep.fixed.get("metric") in runs else None
+    mode = sweep.fixed.get("mode", "max") if metric else "max"
+    rank = metric or ("val_acc" if "val_acc" in runs else "robust_score")
+    runs = runs.sort_values(rank, ascending=(mode == "min"), kind="stable")
+    shown = [c for c in ("benchmark", "loss", *keys, "seed") if c in runs]
+    values = [m for m in dict.fromkeys(([rank] if rank not in METRICS else []) + list(METRICS)) if m in runs]
+
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else value
+
+    table = pd.DataFrame([{**{c: cell(r[c]) for c in shown}, **{m: f"{r[m]:.3f}" for m in values}}
+                          for _, r in runs.iterrows()])
+    seeds = sorted(runs["seed"].unique().tolist()) if "seed" in runs else []
+    algorithm = sweep.fixed.get("search", "search")
+    best = runs.iloc[0]
+    named = " ".join(f"{c}={cell(best[c])}" for c in shown)
+    findings = [
+        f"search sweep ({algorithm}) over {', '.join(keys)}: {len(runs)} point(s), {len(seeds)} distinct seed(s) "
+        f"({', '.join(map(str, seeds))}); one row per point, no statistics over seeds (the points are different "
+        "settings, not repeats of one)",
+        f"best point by {rank}{'' if rank != 'robust_score' else ' (a test metric: launch with --metric val_acc'}"
+        f"{'' if rank != 'robust_score' else ' to select on held-out data)'}: {named} ({rank}={best[rank]:.3f}, "
+        f"test robust_score={best.robust_score:.3f}); confirm it with a grid over seeds (--seeds N) before "
+        "claiming it beats another loss",
+    ]
+    summary = {
+        "search": {"algorithm": algorithm, "keys": keys, "ranked_by": rank, "mode": mode, "n_points": len(runs),
+                   "n_distinct_seeds": len(seeds), "seeds": seeds},
+        "points": [{**{c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in shown},
+                    **{m: float(r[m]) for m in values}, "run_id": r.run_id} for _, r in runs.iterrows()],
+    }
+    return AnalysisOutput(summary=summary, table=table, findings=findings, tables={"points": runs})
+
+
 def analyze(sweep: SweepRecord) -> AnalysisOutput:
-    """Leaderboard, per-(benchmark, loss) statistics and training curves of one sweep."""
+    """Leaderboard, per-(benchmark, loss) statistics and training curves of one sweep; a search sweep's points
+    one row each (:func:`_analyze_search`)."""
+    keys = search_keys(sweep)
+    if keys:
+        return _analyze_search(sweep, keys)
     stats = group_stats(sweep.runs, ["benchmark", "loss"], list(METRICS))
     intervals, compared = score_intervals(sweep.runs), comparisons(sweep.runs)
     table = leaderboard(stats, intervals, compared)

@@ -81,9 +81,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 def _missing_error(dataset: str, expected: list[str], searched: list[Path], problem: str) -> DatasetError:
     return DatasetError(
         f"{dataset}: {problem}. Expected files {', '.join(expected)} in one of: "
-        f"{', '.join(str(folder) for folder in searched)}. Put the standard files there "
-        f"(or download them with core.vision_data.download_dataset)."
+        f"{', '.join(str(folder) for folder in searched)}. Put the standard files there{DOWNLOAD_HINT}."
     )
+
+
+#: The end of a missing-data message for Python callers; a launcher replaces it with its own flags.
+DOWNLOAD_HINT = " (or download them with core.vision_data.download_dataset)"
 
 
 # ---------------------------------------------------------------- CIFAR pickles

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from record import schema
-from record.runs import point_runs, sweep_runs
+from record.runs import has_finished_point, point_runs, point_statuses, sweep_runs
 from record.store import StoreError, resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
@@ -141,12 +142,20 @@ class SweepRecord:
 
 
 def find_sweep(client: MlflowClient, experiment_id: str, study: str | None = None,
-               sweep_id: str | None = None):
-    """The parent run of sweep ``sweep_id``, or the experiment's latest (of ``study`` if given); None if none."""
+               sweep_id: str | None = None, with_points: bool = False):
+    """The parent run of sweep ``sweep_id``, or the experiment's latest (of ``study`` if given); None if none.
+
+    with_points: without ``sweep_id``, the latest sweep with at least one FINISHED point run (a launch that failed
+    before any point finished is skipped); the latest of any state if no sweep has one. ``--resume`` asks without
+    it: the latest sweep of the study, whatever its state.
+    """
+    runs = sweep_runs(client, experiment_id, study)
     if sweep_id is not None:
-        runs = [r for r in sweep_runs(client, experiment_id, study) if r.info.run_id == sweep_id]
-    else:
-        runs = sweep_runs(client, experiment_id, study)
+        runs = [r for r in runs if r.info.run_id == sweep_id]
+    elif with_points:
+        for run in runs:
+            if has_finished_point(client, experiment_id, run.info.run_id):
+                return run
     return runs[0] if runs else None
 
 
@@ -188,9 +197,8 @@ def _decoder(kinds: Mapping[str, str]):
     return decode
 
 
-def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str | None = None,
-               study: str | None = None) -> SweepRecord:
-    """Sweep ``sweep_id`` (default: the experiment's latest, of ``study`` if given) with its FINISHED point runs."""
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    """A client on the store (resolved as every command resolves it); :class:`SweepNotFound` if there is none."""
     from mlflow.tracking import MlflowClient  # here, not at import: a launcher loads this module before Ray starts
 
     try:
@@ -200,11 +208,19 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # reading creates nothing
         raise SweepNotFound(f"no tracking store at {db}")
-    client = MlflowClient(uri)
+    return MlflowClient(uri), uri
+
+
+def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str | None = None,
+               study: str | None = None, any_state: bool = False) -> SweepRecord:
+    """Sweep ``sweep_id`` with its FINISHED point runs; default: the experiment's latest sweep (of ``study`` if
+    given) with finished points, so a launch that failed before any point finished is not "the latest"
+    (``any_state``: the latest sweep whatever its state)."""
+    client, uri = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise SweepNotFound(f"no experiment {experiment!r} in {uri}")
-    parent = find_sweep(client, found.experiment_id, study, sweep_id)
+    parent = find_sweep(client, found.experiment_id, study, sweep_id, with_points=not any_state)
     if parent is None:
         raise SweepNotFound(f"no {study + ' ' if study else ''}sweep{' ' + sweep_id if sweep_id else ''} "
                             f"in experiment {experiment!r} ({uri})")
@@ -241,3 +257,69 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         unfinished_points=sorted({r.data.tags.get(schema.TAG_POINT) for r in children} - seen),
         param_types=kinds, start_times=start_times,
     )
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """One sweep of a store as :func:`list_sweeps` lists it.
+
+    n_finished: points with a FINISHED run (stopped early or not); n_points: the points it was launched with.
+    start_time, end_time: ms since the epoch (end None while running); duration_s: end - start (None while running).
+    findings: the metrics on the parent run (the analysis's findings, a search's ``best_<metric>``).
+    """
+
+    experiment: str
+    sweep_id: str
+    name: str
+    study: str
+    status: str
+    n_finished: int
+    n_points: int | None
+    start_time: int | None
+    end_time: int | None
+    command: str | None
+    findings: dict[str, float]
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time) / 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (times as ms since the epoch, as MLflow has them), with ``duration_s``."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "duration_s": self.duration_s}
+
+
+def list_sweeps(tracking_uri: str | None = None, experiment: str | None = None, study: str | None = None,
+                status: str | None = None) -> list[SweepSummary]:
+    """The sweeps of a store (of one experiment, one study, one run status if given), newest first.
+
+    :class:`SweepNotFound` if there is no store or no such experiment; an empty list if nothing matches.
+    """
+    client, uri = _client(tracking_uri)
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise SweepNotFound(f"no experiment {experiment!r} in {uri}")
+        experiments = [found]
+    else:
+        experiments = client.search_experiments()
+    out = []
+    for exp in experiments:
+        for run in sweep_runs(client, exp.experiment_id, study):
+            if status is not None and run.info.status != status:
+                continue
+            tags = run.data.tags
+            statuses = point_statuses(client, exp.experiment_id, run.info.run_id)
+            n_points = tags.get(schema.TAG_N_POINTS)
+            out.append(SweepSummary(
+                experiment=exp.name, sweep_id=run.info.run_id, name=run.info.run_name,
+                study=tags.get(schema.TAG_STUDY, ""),
+                status=run.info.status, n_finished=sum("FINISHED" in s for s in statuses.values()),
+                n_points=int(n_points) if n_points else None, start_time=run.info.start_time,
+                end_time=run.info.end_time if run.info.status != "RUNNING" else None,
+                command=tags.get(schema.TAG_COMMAND), findings=dict(sorted(run.data.metrics.items())),
+            ))
+    out.sort(key=lambda s: -(s.start_time or 0))
+    return out

@@ -125,6 +125,11 @@ def point_runs(client: MlflowClient, experiment_id: str, sweep_id: str, ray_tria
     return search_all_runs(client, [experiment_id], _point_query(sweep_id, ray_trial, status))
 
 
+def has_finished_point(client: MlflowClient, experiment_id: str, sweep_id: str) -> bool:
+    """Whether a sweep has at least one FINISHED point run (one run read, at most)."""
+    return bool(client.search_runs([experiment_id], _point_query(sweep_id, status="FINISHED"), max_results=1))
+
+
 def point_statuses(client: MlflowClient, experiment_id: str, sweep_id: str) -> dict[str, set[str]]:
     """Each point of a sweep with the statuses of its runs, read page by page (memory stays flat at any size)."""
     found: dict[str, set[str]] = {}
@@ -142,10 +147,23 @@ def _point_query(sweep_id: str, ray_trial: str | None = None, status: str | None
     return query
 
 
+#: The runs-table filter of the printed link: the sweeps only (a sweep's points and analysis run are one filter away,
+#: ``tags.`robustlab.sweep_id` = '<sweep id>'``).
+SWEEPS_FILTER = f"tags.`{TAG_KIND}` = '{KIND_SWEEP}'"
+
+
 def ui_link(tracking_uri: str, experiment_id: str) -> str:
-    """Where the experiment's training runs open in the MLflow UI (the link's ``workflowType`` picks the runs table
-    over the GenAI overview), with the command that serves the UI for a SQLite store."""
-    path = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """Where the experiment's sweeps open in the MLflow UI, every one at once, with the command that serves the UI
+    for a SQLite store.
+
+    The link's ``workflowType`` picks the runs table over the GenAI overview; its ``searchFilter`` (the runs
+    page's search box, read from the URL by MLflow's UI) shows the sweeps only: the UI pages 100 runs and nested
+    points count toward the page, so unfiltered a few sweeps fill it.
+    """
+    from urllib.parse import quote
+
+    path = (f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&searchFilter={quote(SWEEPS_FILTER, safe='')}")
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{path}"
     return f"http://127.0.0.1:5000/{path} (after: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1)"

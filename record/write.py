@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -324,18 +324,23 @@ class SweepWriter:
 
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
                      paths: Iterable[Path], metrics: Mapping[str, float] = (),
-                     provenance: Mapping[str, str] = ()) -> str:
-    """An analysis run nested under the sweep's parent (``provenance``: its context tags), holding the output
-    files as artifacts and the findings as metrics; the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each;
-    non-finite values (a fit that failed) are left out."""
+                     provenance: Mapping[str, str] = (), *, sweep_name: str | None = None,
+                     findings: Sequence[str] = (), params: Mapping[str, Any] = ()) -> str:
+    """An analysis run nested under the sweep's parent (``provenance``: its context tags), named
+    ``analysis-<sweep run name>`` (``analysis-<study>`` without ``sweep_name``), with the finding sentences as its
+    description, its settings (``params``) as params, the output files as artifacts and the findings as metrics;
+    the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each; non-finite
+    values (a fit that failed) are left out."""
     tags = {**dict(provenance), schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
             schema.TAG_KIND: schema.KIND_ANALYSIS, schema.TAG_SCHEMA_VERSION: schema.SCHEMA_VERSION}
-    run = client.create_run(experiment_id, tags=tags, run_name=f"analysis-{study}")
+    if findings:
+        tags[schema.TAG_NOTE] = "\n".join(f"- {f}" for f in findings)
+    run = client.create_run(experiment_id, tags=tags, run_name=f"analysis-{sweep_name or study}")
     now = int(time.time() * 1000)
-    findings = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()
-                if v is not None and math.isfinite(float(v))]
-    for run_id in (run.info.run_id, sweep_id):
-        log_flat(client, run_id, metrics=findings)
+    values = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()
+              if v is not None and math.isfinite(float(v))]
+    log_flat(client, run.info.run_id, params=params, metrics=values)
+    log_flat(client, sweep_id, metrics=values)
     for path in paths:
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id, "FINISHED")

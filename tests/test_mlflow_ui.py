@@ -72,8 +72,8 @@ def test_the_printed_link_opens_the_sweep_with_its_points_nested_and_findings_sh
                                          "--analyze", str(store["dir"] / "out")])
     printed = capsys.readouterr().out
     assert status == 0, printed[-3000:]
-    links = re.findall(r"MLflow UI: http://127\.0\.0\.1:\d+(/#/experiments/\d+/runs\?workflowType=machine_learning)",
-                       printed)
+    links = re.findall(r"MLflow UI: http://127\.0\.0\.1:\d+(/#/experiments/\d+/runs\?workflowType=machine_learning"
+                       r"&searchFilter=\S+)", printed)
     assert len(links) == 2, printed  # after the launch and after the analysis
     client = MlflowClient(store["uri"])
     experiment = client.get_experiment_by_name("poison_sensitivity")
@@ -85,12 +85,21 @@ def test_the_printed_link_opens_the_sweep_with_its_points_nested_and_findings_sh
     runs_page = visible_text(mlflow_ui + links[0], store["dir"] / "runs.png")
     assert "Model training" in runs_page and "Run Name" in runs_page, runs_page[:2000]  # the training runs table
     assert sweep.info.run_name in runs_page and sweep.info.run_name.startswith("poison_sensitivity-20")
-    assert "20 matching runs" in runs_page  # the sweep, its 18 points and its analysis ...
-    assert not any(p.info.run_name in runs_page for p in points)  # ... the points nested (collapsed) under it
+    assert re.search(r"\b1 matching runs?\b", runs_page), runs_page[-1000:]  # the sweeps only ...
+    assert not any(p.info.run_name in runs_page for p in points)
+    # ... and a sweep's points and analysis run are one filter away (README, "Looking at the runs")
+    from urllib.parse import quote
+
+    sweep_filter = quote(f"tags.`robustlab.sweep_id` = '{sweep.info.run_id}' and tags.`robustlab.kind` = 'point'",
+                         safe="")
+    points_page = visible_text(mlflow_ui + links[0].partition("&searchFilter=")[0] + "&searchFilter=" + sweep_filter,
+                               store["dir"] / "points.png")
+    # the 18 points match; the UI adds their sweep as the row whose + expands them
+    assert "19 matching runs" in points_page and sweep.info.run_name in points_page, points_page[:2000]
 
     point = points[0]
     point_page = visible_text(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
-    assert point.info.run_name in point_page and re.fullmatch(r"pf=[\d.]+ w=32 s=4[23]", point.info.run_name)
+    assert point.info.run_name in point_page and re.fullmatch(r"pf=[\d.]+ s=4[23] w=32", point.info.run_name)
     assert f"Parent run {sweep.info.run_name}" in point_page
     assert "gaussian_clusters" in point_page and "python -m tune_jobs poison_sensitivity" in point_page
 
@@ -98,3 +107,41 @@ def test_the_printed_link_opens_the_sweep_with_its_points_nested_and_findings_sh
                                  store["dir"] / "analysis.png")
     threshold = analysis.data.metrics["threshold_w32"]
     assert "threshold_w32" in analysis_page and repr(threshold)[:5] in analysis_page, analysis_page[:3000]
+
+
+def _many_sweeps(uri: str, n_sweeps: int, n_points: int) -> tuple[str, list[str]]:
+    """``n_sweeps`` sweeps of ``n_points`` FINISHED points each, written through the record's own writer (as a store
+    that lived for months holds them); their run names."""
+    from record.runs import get_or_create_experiment
+    from record.write import create_sweep
+
+    client = MlflowClient(uri)
+    experiment = get_or_create_experiment(client, "poison_sensitivity", uri)
+    names = []
+    for s in range(n_sweeps):
+        name = f"poison_sensitivity-2026120{s + 1}-120000"
+        sweep = create_sweep(client, experiment, study="poison_sensitivity", run_name=name, command="test",
+                             fixed={"epochs": 5}, grid={"seed": tuple(range(n_points))}, n_points=n_points,
+                             param_types={"seed": "int"})
+        for p in range(n_points):
+            tags = {schema.TAG_PARENT: sweep, schema.TAG_SWEEP: sweep, schema.TAG_STUDY: "poison_sensitivity",
+                    schema.TAG_KIND: schema.KIND_POINT, schema.TAG_POINT: f"seed={p}"}
+            run = client.create_run(experiment, tags=tags, run_name=f"s={p}")
+            client.set_terminated(run.info.run_id, "FINISHED")
+        client.set_terminated(sweep, "FINISHED")
+        names.append(client.get_run(sweep).info.run_name)
+    return experiment, names
+
+
+def test_the_printed_link_shows_every_sweep_of_a_store_that_lived_for_months(store, mlflow_ui):
+    from record.runs import ui_link
+
+    experiment, names = _many_sweeps(store["uri"], n_sweeps=5, n_points=24)  # 125 runs: more than the UI's page
+    link = ui_link(store["uri"], experiment).split(" ")[0].replace("http://127.0.0.1:5000", mlflow_ui)
+    assert "&searchFilter=" in link
+    page = visible_text(link, store["dir"] / "sweeps.png")
+    assert "Model training" in page and "Run Name" in page, page[:2000]
+    shown = [name for name in names if name in page]
+    assert shown == names, f"the link shows {shown} of {names}"
+    unfiltered = visible_text(link.partition("&searchFilter=")[0])  # the link as it was: one page of nested runs
+    assert [name for name in names if name in unfiltered] != names

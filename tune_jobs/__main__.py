@@ -3,6 +3,9 @@
 STUDY is a built-in study's name, ``package.module`` (its ``STUDY``) or
 ``package.module:ATTR``: a study in any importable module, the user's own
 included.  ``python -m tune_jobs STUDY --help`` lists the flags.
+
+``python -m tune_jobs sweeps [--experiment NAME] [--study NAME] [--status S] [--json] [--tracking-uri URI]``
+lists a store's sweeps (``sweeps`` is therefore no study's name).
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip() + "\n\nbuilt-in studies: " + ", ".join(builtin_studies()),
               file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[0] == "sweeps":
+        from tune_jobs.sweeps import main as sweeps
+
+        return sweeps(argv[1:])
     from tune_jobs.runner import main as launch
 
     return launch(argv[0], argv[1:])

@@ -14,7 +14,7 @@ from core.validation import check_int, check_real, field_rules
 from record.schema import encode
 from record.store import StoreError, resolve_tracking_uri
 from tune_jobs.config_file import expand_config
-from tune_jobs.launch import Compute, Launch, Outputs, Tracking, UsageError
+from tune_jobs.launch import FEW_POINTS, PROGRESS, Compute, Launch, Outputs, Tracking, UsageError
 from tune_jobs.search import parse_search, parse_value, split_assignment, with_points
 from tune_jobs.study import BUILTIN_PACKAGE, SEEDS, Study
 
@@ -150,11 +150,15 @@ def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
                             "time trained since the last checkpoint is at least 20x what that one cost (<= 5%%)")
         m.add_argument("--keep-checkpoints", action="store_true",
                        help="keep a finished point's last checkpoint in its run (default: deleted when it finishes)")
-    m.add_argument("--analyze", metavar="DIR",
-                   default=f"results/{study.name}" if study.analyze_by_default else None,
+    m.add_argument("--analyze", metavar="DIR", default=None,
                    help=("after the sweep, run this study's analysis into DIR and its validation checks"
-                         + (" (default: %(default)s)" if study.analyze_by_default else ""))
+                         + (" (default: results/EXPERIMENT, the --experiment name: results/"
+                            f"{study.name} unless you name another experiment)" if study.analyze_by_default else ""))
                    if study.analysis is not None else argparse.SUPPRESS)
+    m.add_argument("--progress", choices=PROGRESS, default="auto",
+                   help="console lines while the sweep runs: points (one per finished point), epochs (also one per "
+                        "epoch of every point), none (the first and last lines only); auto (default): one per "
+                        f"point, and for a launch of at most {FEW_POINTS} points one per 10%% of a point's epochs")
 
 
 def _study_flags(parser: argparse.ArgumentParser, study: Study) -> None:
@@ -321,5 +325,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
                         wait_for_resources=args.wait_for_resources),
         outputs=Outputs(log_models=args.log_models, system_metrics=args.system_metrics,
                         checkpoint_every=_checkpoint_every(study, getattr(args, "checkpoint_every", None)),
-                        keep_checkpoints=study.checkpoints and args.keep_checkpoints, analyze_out=args.analyze),
+                        keep_checkpoints=study.checkpoints and args.keep_checkpoints,
+                        analyze_out=args.analyze or (f"results/{args.experiment}" if study.analyze_by_default
+                                                     else None),
+                        progress=args.progress),
     )

@@ -101,6 +101,13 @@ class Outputs:
     checkpoint_every: int | None = None  # None: auto
     keep_checkpoints: bool = False
     analyze_out: str | None = None
+    progress: str = "auto"  # console lines: one of PROGRESS
+
+
+#: ``--progress`` values; ``auto`` adds epoch lines (every 10 % of a point's epochs) for launches of at most
+#: FEW_POINTS points.
+PROGRESS = ("auto", "points", "epochs", "none")
+FEW_POINTS = 4
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ from record.store import TrackingLost
 from tune_jobs.trial import trial_context, trial_points
 
 
+#: Points finished before an ETA is shown; it is computed from the points finished after the first one (Ray's and
+#: the workers' start-up counted into the first point's time made the first ETA 70x too long).
+ETA_AFTER = 3
 #: The status a Ray trial reports when the tracking store stopped answering.
 TRACKING_LOST = "tracking_lost"
 #: The status of one Ray Tune result carrying several points' outcomes (``outcomes``: each as reported alone).
@@ -27,15 +30,34 @@ POINTS = "points"
 class PointProgress(tune.Callback):
     """One line per finished grid point (and per epoch of long points): ``[done/total elapsed] status point``."""
 
-    def __init__(self, metrics: tuple[str, ...]) -> None:
+    def __init__(self, metrics: tuple[str, ...], mode: str = "auto", short_names: dict | None = None,
+                 last: tuple[str, ...] = ()) -> None:
         self.metrics = tuple(metrics)
+        self.mode = mode  # --progress: auto, points, epochs, none
+        self.short_names = dict(short_names or {})
+        self.last = tuple(last)
         self.setup()
+
+    def _show_epoch(self, result) -> bool:
+        """Whether an epoch gets a line: always with ``epochs``; with ``auto`` for launches of at most FEW_POINTS
+        points, every 10 % of a point's epochs (and its last)."""
+        from tune_jobs.launch import FEW_POINTS
+
+        mode = getattr(self, "mode", "auto")  # a callback restored from an older launch's saved state
+        if mode == "epochs":
+            return True
+        if mode != "auto" or not self.total or self.total > FEW_POINTS:
+            return False
+        total = result.get("epochs_total")
+        step = max(1, total // 10) if total else 1
+        return (result["epoch"] + 1) % step == 0 or (total is not None and result["epoch"] + 1 == total)
 
     def setup(self, **info) -> None:
         self.start = time.monotonic()
         self.done = 0
         self.total: int | None = None
         self.finished: set[str] = set()  # points reported with a FINISHED run, in this launch
+        self.first: tuple[float, int] | None = None  # (when, done) at the first finished point: the ETA's origin
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         for outcome in result["outcomes"] if result.get("status") == POINTS else (result,):
@@ -54,20 +76,36 @@ class PointProgress(tune.Callback):
             self.done += 1
         if status in ("finished", "skipped"):  # a worker reports a point only once its run is FINISHED
             self.finished.add(result.get("point"))
+        if status == "epoch" and not self._show_epoch(result):
+            return
+        if getattr(self, "mode", "auto") == "none" and status != "failed":
+            return
         shown = ", ".join(f"{k}={result[k]:.4g}" for k in self.metrics if isinstance(result.get(k), (int, float)))
-        if status == "epoch":
+        if status == "epoch":  # MLflow's step numbers: epoch 0 is the first (the histories' step)
             total = result.get("epochs_total")
-            shown = f"epoch {result['epoch'] + 1}" + (f"/{total}" if total else "") + (f", {shown}" if shown else "")
+            shown = (f"epoch {result['epoch']}" + (f" (of 0..{total - 1})" if total else "")
+                     + (f", {shown}" if shown else ""))
         if status == "failed":
             shown = result.get("error", "")
-        print(f"{self._prefix()} {status:8s} {result.get('point')}" + (f"  {shown}" if shown else ""), flush=True)
+        point = result.get("point")
+        if isinstance(point, str):
+            from tune_jobs.study import point_name
+
+            point = point_name(point, getattr(self, "short_names", {}), getattr(self, "last", ()))
+        print(f"{self._prefix()} {status:8s} {point}" + (f"  {shown}" if shown else ""), flush=True)
 
     def _prefix(self) -> str:
-        """``[done/total elapsed, ETA]``: the ETA from the points finished so far (none before the first)."""
-        elapsed = time.monotonic() - self.start
+        """``[done/total elapsed, ETA]``: the ETA from the points finished in this launch so far, once
+        :data:`ETA_AFTER` of them did (the first points carry Ray's and the workers' start-up)."""
+        now = time.monotonic()
+        elapsed = now - self.start
         eta = ""
-        if self.done and self.total and self.done < self.total:
-            eta = f", ETA {elapsed / self.done * (self.total - self.done):.0f}s"
+        first = getattr(self, "first", None)
+        if first is None and self.done:
+            self.first = first = (now, self.done)
+        if first is not None and self.total and self.done < self.total and self.done - first[1] >= ETA_AFTER - 1:
+            rate = (now - first[0]) / (self.done - first[1])  # seconds per point since the first one finished
+            eta = f", ETA {rate * (self.total - self.done):.0f}s"
         return f"[{self.done}/{self.total} {elapsed:6.1f}s{eta}]"
 
 

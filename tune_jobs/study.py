@@ -116,6 +116,8 @@ class Study:
     open_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.name == "sweeps":
+            raise ValueError("a study cannot be named 'sweeps': python -m tune_jobs sweeps lists a store's sweeps")
         names = {f.name for f in dataclasses.fields(self.config_type)}
         unknown = set(self.grid) - names
         if unknown:
@@ -188,17 +190,11 @@ class Study:
         dims = list(self.grid) if dims is None else list(dims)
         return schema.point_key(dims, {d: self.value(config, d) for d in dims})
 
-    def run_name(self, point: str) -> str:
-        """A point's run name: its ``dim=value`` pairs with short names, floats to 4 significant digits."""
-        def short(pair: str) -> str:
-            key, _, value = pair.partition("=")
-            try:
-                shown = f"{float(value):.4g}" if "." in value or "e" in value.lower() else value
-            except ValueError:
-                shown = value
-            return f"{self.short_names.get(key, key)}={shown}"
-
-        return " ".join(short(pair) for pair in point.split(" ") if pair)
+    def run_name(self, point: str, last: Sequence[str] = ()) -> str:
+        """A point's run name (its display name; the ``robustlab.point`` tag keeps the point key): :func:`point_name`
+        with the study's short names, the dimensions in ``last`` (those with one value in the launch's grid) after
+        the ones that differ between points."""
+        return point_name(point, self.short_names, last)
 
     def value(self, config: Any, key: str) -> Any:
         """A config field's value, or an open param's (``loss.q``; None when not set)."""
@@ -254,3 +250,22 @@ def load_study(ref: str) -> Study:
     if module_name.startswith(BUILTIN_PACKAGE + ".") and study.name != module_name.rpartition(".")[2]:
         raise ValueError(f"built-in study module {module_name} declares {study.name!r}: name it after its study")
     return study
+
+
+def short_value(value: str) -> str:
+    """A value's text for names and console lines: a float to 4 significant digits, anything else as it is."""
+    try:
+        return f"{float(value):.4g}" if "." in value or "e" in value.lower() else value
+    except ValueError:
+        return value
+
+
+def point_name(point: str, short_names: Mapping[str, str] | None = None, last: Sequence[str] = ()) -> str:
+    """A point key (``dim=value ...``) as a display name: short names (``poison_fraction`` -> ``pf``), floats to 4
+    significant digits, and the dimensions in ``last`` moved to the end, so what differs between points shows
+    first (``loss=generalized_ce s=42 bench=cnn-digits-labelflip``)."""
+    short_names = short_names or {}
+    pairs = [pair.partition("=") for pair in point.split(" ") if pair]
+    pairs.sort(key=lambda p: p[0] in last)  # stable: grid order otherwise
+    return " ".join(f"{short_names.get(key, key)}={short_value(value)}" for key, _, value in pairs)
+

@@ -37,6 +37,7 @@ class TrialContext:
     point_dims: tuple[str, ...] | None = None
     space_keys: tuple[str, ...] = ()  # a search's keys, sampled by Ray Tune into the trial's config
     store_identity: tuple[int, int] | None = None  # a SQLite store's file (record.store.store_identity)
+    single_dims: tuple[str, ...] = ()  # grid dimensions with one value in this launch: last in run names
 
 
 def pack_point(config: Any) -> str:

@@ -129,7 +129,8 @@ def run_tuner(launch: Launch, path: str, space: TrialSpace,
         raise UsageError(f"--resume of a search sweep needs Ray Tune's state at {path} (the searcher's samples and "
                          "state live there) and it is not there; start a new sweep")
     else:
-        progress = PointProgress(launch.study.metrics)
+        progress = PointProgress(launch.study.metrics, launch.outputs.progress, dict(launch.study.short_names),
+                                 tuple(d for d, values in launch.grid.items() if len(values) == 1))
         tuner = tune.Tuner(
             trainable, param_space=space.param_space,
             tune_config=tune.TuneConfig(**space.tune_config, max_concurrent_trials=launch.compute.max_concurrent,

@@ -74,8 +74,8 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
             if any(run.info.status == "FINISHED" for run in earlier.get(point, ())):
                 reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
-                pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial,
-                                                                 study.run_name(point))))
+                name = study.run_name(point, getattr(context, "single_dims", ()))  # one-valued grid dims last
+                pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial, name)))
         together = {}
         if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
             together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))

@@ -15,7 +15,8 @@ from typing import Any
 from analysis.robust_loss import ANALYSIS
 from core.losses import BASELINE_LOSSES, check_loss
 from core.studies.robust_loss import BENCHMARKS, DEFAULT_BENCHMARK, RobustLossConfig, run_point
-from core.vision_data import DATA_DIR_ENV, DATASETS, DOWNLOADS, DatasetError, download_dataset, load_dataset
+from core.vision_data import (DATA_DIR_ENV, DATASETS, DOWNLOAD_HINT, DOWNLOADS, DatasetError, download_dataset,
+                              load_dataset)
 from tune_jobs.study import Option, Study
 
 
@@ -40,7 +41,10 @@ def prepare(points: list[RobustLossConfig], switches: dict[str, Any]) -> list[Ro
                 download_dataset(dataset, data_dir)
             load_dataset(dataset, data_dir)
         except DatasetError as error:
-            raise ValueError(str(error)) from None
+            flags = " (pass --data-dir DIR for another folder" + (
+                f", and --download to fetch {dataset} into it, checksums verified)" if dataset in DOWNLOADS
+                and not switches.get("download") else ")")
+            raise ValueError(str(error).replace(DOWNLOAD_HINT, flags)) from None
     sources = {}
     for point in prepared:
         key = (point.loss, DATASETS[BENCHMARKS[point.benchmark].dataset].num_classes, point.loss_params)
