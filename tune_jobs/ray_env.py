@@ -81,7 +81,8 @@ def start_ray(launch: Launch) -> None:
         try:
             ray.init(address=launch.compute.address, logging_level="WARNING",
                      runtime_env={"py_modules": packages_to_ship(launch.study_ref),
-                                  "env_vars": {k: os.environ[k] for k in PRIVATE_DEFAULTS if k in os.environ}})
+                                  "env_vars": {k: os.environ[k] for k in (*PRIVATE_DEFAULTS, *CREDENTIALS)
+                                               if k in os.environ}})
         except ConnectionError as error:
             raise UsageError(f"--address {launch.compute.address}: no Ray cluster answers ({error})") from None
 
@@ -90,6 +91,10 @@ def start_ray(launch: Launch) -> None:
 PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
+
+
+#: The tracking server's credentials, shipped to every node so its trials log as the launching user.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def set_private_defaults(tracking_timeout_s: float) -> None:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from record import schema
 from record.runs import ui_link
-from record.store import StoreError, TrackingUnavailable, check_reachable, prepare_store, private_folder
+from record.store import (StoreError, TrackingUnavailable, check_permission, check_reachable, prepare_store,
+                          private_folder)
 from tune_jobs.cli import parse_launch
 from tune_jobs.launch import Launch, UsageError, fail_usage
 from tune_jobs.opening import abandon, open_tracking
@@ -113,6 +114,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                              "--storage-path")
     set_private_defaults(launch.tracking.timeout)
     check_reachable(uri)
+    check_permission(uri, launch.tracking.experiment)
     prepare_store(uri)
     check_ray_address(launch.compute.address)
     sweep, finished, lease = _open_while_ray_starts(launch)
