@@ -7,6 +7,7 @@ included.  ``python -m tune_jobs STUDY --help`` lists the flags.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from tune_jobs.cli import exit_process
@@ -20,7 +21,12 @@ def main(argv: list[str]) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     from tune_jobs.runner import main as launch
 
+    signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, a batch scheduler: end the sweep as Ctrl-C does
     return launch(argv[0], argv[1:])
+
+
+def _stopped(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

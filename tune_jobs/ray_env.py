@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def start_ray(launch: Launch) -> None:
 
     # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    stopping = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with sys.exit; the launcher's is kept below
     if launch.compute.address is None:
         ray.init(**LOCAL_RAY_INIT)
     else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
@@ -85,6 +87,8 @@ def start_ray(launch: Launch) -> None:
                                                if k in os.environ}})
         except ConnectionError as error:
             raise UsageError(f"--address {launch.compute.address}: no Ray cluster answers ({error})") from None
+    if callable(stopping):  # python -m tune_jobs: SIGTERM (`ray job stop`) ends the sweep as Ctrl-C does
+        signal.signal(signal.SIGTERM, stopping)
 
 
 #: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry.
