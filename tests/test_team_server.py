@@ -17,6 +17,7 @@ from conftest import PYTHON, python_env
 from postgres_fixtures import Postgres, skip_without_postgres
 from record import schema
 from record.runs import search_all_runs
+from record.store import StoreError, check_permission
 from test_tracking_server import free_port
 from tune_jobs.tracking_server import TrackingServer, write_auth_config
 
@@ -199,3 +200,19 @@ def test_a_user_without_permission_is_refused_before_ray_starts(team, user, pass
     assert "Ray" not in proc.stdout + proc.stderr.replace("Ray trial", ""), "refused before Ray starts"
     assert time.monotonic() - started < 30
     assert not [r for r in team.runs("shared", schema.KIND_SWEEP) if r.data.tags[schema.TAG_USER] == "carol"]
+
+
+def test_the_permission_check_reads_the_users_own_permission(team, monkeypatch):
+    """In-process: the creator and an admin may write to an experiment, another user with READ may not."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["alice"])
+    MlflowClient(team.uri).create_experiment("made-by-alice")
+    check_permission(team.uri, "made-by-alice")
+    check_permission(team.uri, "not-created-yet")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    check_permission(team.uri, "made-by-alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", USERS["bob"])
+    with pytest.raises(StoreError, match="user 'bob' has READ permission on experiment 'made-by-alice'"):
+        check_permission(team.uri, "made-by-alice")
