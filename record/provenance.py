@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -42,12 +43,17 @@ def versions() -> dict[str, str]:
     return found
 
 
+def launching_user() -> str:
+    """Who launches: the tracking server's user (``$MLFLOW_TRACKING_USERNAME``) where one is set, else the login."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
 def context_tags(source_name: str, command: str, code: Path) -> dict[str, str]:
     """MLflow's own context tags (source, git commit, user), as its fluent API sets them, and robustlab's:
     ``command`` (to run it again), host, versions, and the git state of the repository holding ``code``
     (``robustlab.code_commit``: this project's own, when ``code`` lies elsewhere)."""
     tags = {schema.TAG_COMMAND: command[:4000], schema.TAG_SOURCE_NAME: source_name,
-            schema.TAG_SOURCE_TYPE: "LOCAL", schema.TAG_USER: getpass.getuser(),
+            schema.TAG_SOURCE_TYPE: "LOCAL", schema.TAG_USER: launching_user(),
             schema.TAG_VERSIONS: json.dumps(versions(), sort_keys=True), schema.TAG_HOST: platform.node()}
     state = git_state(code)
     if state is not None:

@@ -228,6 +228,52 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         pass  # not the question here: MLflow's own client retries and reports
 
 
+def check_permission(uri: str, experiment: str, timeout_s: float = 10.0) -> None:
+    """On a tracking server with MLflow's basic authentication: the user (``$MLFLOW_TRACKING_USERNAME``) may create
+    runs in ``experiment`` (EDIT or MANAGE), else a ``StoreError`` naming the experiment and the permission.
+    A server without authentication, or an experiment not created yet (its creator gets MANAGE), passes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import base64
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()} if user else {}
+
+    def get(path: str, **query: str) -> dict | None:
+        request = urllib.request.Request(f"{uri.rstrip('/')}/api/{path}?{urllib.parse.urlencode(query)}",
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                raise StoreError(f"tracking server {uri} refuses " + (
+                    f"user {user!r}: wrong username or password" if user else
+                    "anonymous access: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")) from None
+            if error.code == 403:
+                raise StoreError(f"user {user!r} has no READ permission on experiment {experiment!r} at {uri}; "
+                                 "ask the server's admin for EDIT") from None
+            if error.code == 404:
+                return None
+            raise StoreError(f"tracking server {uri} answered {path} with HTTP {error.code}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise TrackingUnavailable(f"tracking server {uri} does not answer: {getattr(error, 'reason', error)}") \
+                from None
+
+    found = get("2.0/mlflow/experiments/get-by-name", experiment_name=experiment)
+    if found is None or not user or (get("2.0/mlflow/users/current") or {}).get("user", {}).get("is_admin"):
+        return  # a new experiment is its creator's; an admin may write everywhere
+    answer = get("3.0/mlflow/users/permissions/get", username=user, resource_type="experiment",
+                 resource_id=found["experiment"]["experiment_id"])
+    if answer is not None and answer.get("permission") not in ("EDIT", "MANAGE"):
+        raise StoreError(f"user {user!r} has {answer.get('permission')} permission on experiment {experiment!r} at "
+                         f"{uri}; a launch needs EDIT (ask the server's admin to grant it)")
+
+
 def _refused(uri: str, code: int) -> None:
     """A tracking server that answers but refuses this client: say why in one line."""
     if code == 403:

@@ -10,6 +10,7 @@ lists a store's sweeps (``sweeps`` is therefore no study's name).
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from tune_jobs.cli import exit_process
@@ -27,7 +28,12 @@ def main(argv: list[str]) -> int:
         return sweeps(argv[1:])
     from tune_jobs.runner import main as launch
 
+    signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, a batch scheduler: end the sweep as Ctrl-C does
     return launch(argv[0], argv[1:])
+
+
+def _stopped(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -76,15 +77,19 @@ def start_ray(launch: Launch) -> None:
 
     # Ray Tune's end-of-run summary of its own result files adds nothing to the MLflow summary printed after it.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    stopping = signal.getsignal(signal.SIGTERM)  # ray.init replaces it with sys.exit; the launcher's is kept below
     if launch.compute.address is None:
         ray.init(address="local", **LOCAL_RAY_INIT)
-    else:  # ship the code (and the launch's private defaults) to every node: no shared filesystem or install
+    else:  # ship the code (and the launch's private defaults and credentials) to every node: no shared filesystem
         try:
             ray.init(address=launch.compute.address, logging_level="WARNING",
                      runtime_env={"py_modules": packages_to_ship(launch.study_ref),
-                                  "env_vars": {k: os.environ[k] for k in PRIVATE_DEFAULTS if k in os.environ}})
+                                  "env_vars": {k: os.environ[k] for k in (*PRIVATE_DEFAULTS, *CREDENTIALS)
+                                               if k in os.environ}})
         except ConnectionError as error:
             raise UsageError(f"--address {launch.compute.address}: no Ray cluster answers ({error})") from None
+    if callable(stopping):  # python -m tune_jobs: SIGTERM (`ray job stop`) ends the sweep as Ctrl-C does
+        signal.signal(signal.SIGTERM, stopping)
 
 
 def _ray_settings() -> None:
@@ -104,6 +109,10 @@ def _ray_settings() -> None:
 PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
+
+
+#: The tracking server's credentials, shipped to every node so its trials log as the launching user.
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def set_private_defaults(tracking_timeout_s: float) -> None:

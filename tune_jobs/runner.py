@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from record import schema
 from record.runs import ui_link
-from record.store import (StoreError, StoreReplaced, TrackingLost, TrackingUnavailable, check_reachable,
-                          check_store, prepare_store, private_folder, sqlite_path)
+from record.store import (StoreError, StoreReplaced, TrackingLost, TrackingUnavailable, check_permission,
+                          check_reachable, check_store, prepare_store, private_folder, sqlite_path)
 from tune_jobs.cli import parse_launch
 from tune_jobs.launch import Launch, UsageError, fail_usage
 from tune_jobs.opening import abandon, open_tracking
@@ -116,6 +116,7 @@ def run_sweep(launch: Launch) -> tuple[int, str]:
                              "--storage-path")
     set_private_defaults(launch.tracking.timeout)
     check_reachable(uri)
+    check_permission(uri, launch.tracking.experiment)
     identity = prepare_store(uri)  # a SQLite store's file: the workers and the end of the launch check it is still it
     check_ray_address(launch.compute.address)
     sweep, finished, lease = _open_while_ray_starts(launch, identity)
