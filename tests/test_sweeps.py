@@ -22,7 +22,8 @@ def _failed_launch(uri: str) -> str:
     """What a launch that fails after its parent run exists leaves (SIGTERM, ``--address auto`` with no cluster):
     an empty sweep ended FAILED through the launcher's own abandon path (tune_jobs.opening.abandon)."""
     from record.runs import get_or_create_experiment
-    from record.write import Lease, SweepWriter, create_sweep
+    from record.lease import Lease
+    from record.write import SweepWriter, create_sweep
     from tune_jobs.opening import abandon
 
     client = MlflowClient(uri)
