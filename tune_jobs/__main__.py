@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
     from tune_jobs.runner import main as launch
 
     signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, a batch scheduler: end the sweep as Ctrl-C does
+    # Ctrl-C / kill -INT stops a launch also where a shell started it in the background, with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return launch(argv[0], argv[1:])
 
 
