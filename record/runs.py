@@ -53,7 +53,9 @@ def open_client(tracking_uri: str, wait_s: float = 60.0) -> MlflowClient:
             if "database or disk is full" in text or "No space left on device" in text:
                 raise StoreError(f"the tracking store {db} cannot be created: the disk is full "
                                  "(database or disk is full); free space, or pass another --tracking-uri") from None
-            if time.monotonic() > deadline or not any(sign in text for sign in _CREATION_RACE):
+            # mid-migration, SQLAlchemy may also miss a column of a table another process is still altering
+            raced = isinstance(error, (AttributeError, KeyError)) or any(sign in text for sign in _CREATION_RACE)
+            if time.monotonic() > deadline or not raced:
                 raise
             time.sleep(0.5)
 
