@@ -77,7 +77,7 @@ def test_a_built_in_and_an_own_study_submitted_as_ray_jobs(head, tmp_path):
         "--experiment", "job-poison"])
     assert proc.returncode == 0 and f"Job '{job}' succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:]
     logs = head.job("logs", job).stdout
-    assert "] finished poison_fraction=" in logs and "2/2 grid points finished" in logs, logs[-3000:]
+    assert "] finished pf=" in logs and "2/2 grid points finished" in logs, logs[-3000:]  # the point by its run name
     assert sorted(r.info.status for r in runs(head.uri, "job-poison")) == ["FINISHED", "FINISHED"]
 
     research = tmp_path / "research"  # the user's own folder, shipped as the job's working dir
