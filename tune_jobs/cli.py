@@ -276,6 +276,21 @@ def _fixed(study: Study, args: argparse.Namespace) -> tuple[dict[str, Any], dict
     return fixed, opened
 
 
+def _check_reported(study: Study, metric: str, points: list[Any], overridden: dict[str, Any]) -> None:
+    """``--metric`` must be a metric every point of the launch reports (a point without it would stop the whole
+    Ray Tune run): else a UsageError naming it and the ones a searcher may select on here."""
+    if not points:
+        return
+    reported = set.intersection(*(study.reports(p) for p in points))
+    if metric in reported:
+        return
+    allowed = [m for m in study.search_metrics if m in reported]
+    hint = "".join(f" (--set {k}={encode(v)} overrides this study's search default {k}={encode(study.search_defaults[k])})"
+                   for k, v in overridden.items() if v != study.search_defaults[k])
+    raise UsageError(f"--metric {metric}: the points of this launch do not report it; a metric they report that a "
+                     f"searcher may select on: {', '.join(allowed) or 'none'}{hint}")
+
+
 def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = None) -> Launch:
     """Parse and validate everything; raise :class:`UsageError` naming the bad key or value.
 
@@ -308,6 +323,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     search, points = with_points(search, study, points)
+    if search.metric is not None:
+        _check_reported(study, search.metric, points, {k: fixed[k] for k in explicit if k in study.search_defaults})
     point_dims = None
     if search.space:  # points are named by the swept grid dimensions and the searched keys
         keys = [d.key for d in search.space]
