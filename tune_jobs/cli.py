@@ -106,7 +106,7 @@ def _search_flags(parser: argparse.ArgumentParser, study: Study) -> None:
     q = parser.add_argument_group("search and early stopping (Ray Tune)")
 
     def shown(text: str) -> str:  # the scheduler's flags, for studies that report every epoch (else refused)
-        return text if study.checkpoints else argparse.SUPPRESS
+        return text if study.reports_epochs else argparse.SUPPRESS
 
     q.add_argument("--search", choices=("grid", "random", "optuna"), default="grid",
                    help="grid (default): every --grid point; random: Ray Tune's random sampling of --space; optuna: "
