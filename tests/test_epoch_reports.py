@@ -29,6 +29,8 @@ EPOCH_STUDY = """
     def run_point(config, context):
         score = 0.0
         for epoch in range(config.epochs):
+            if config.seed == 13:
+                raise ValueError("seed 13 is unlucky")
             score = config.x * (epoch + 1) + config.seed / 100
             context.hooks.epoch_end(epoch, {"val_score": score, "train_loss": 1.0 / (epoch + 1)}, lambda: {})
         return PointResult(metrics={"val_score": score, "test_score": 2 * score})
@@ -89,6 +91,27 @@ def test_asha_stops_points_that_report_epochs_without_checkpointing(epoch_study,
         trained = len(client.get_metric_history(run.info.run_id, "val_score"))
         assert trained == (int(run.data.tags[schema.TAG_STOPPED]) if run in stopped else 6)
     assert parent.data.params["scheduler"] == "asha" and "best_val_score" in parent.data.metrics
+    shown = [name for i, name in enumerate(re.findall(r"\] (?:epoch|finished|stopped) +(x=\S+)", out)) if i == 0
+             or name != re.findall(r"\] (?:epoch|finished|stopped) +(x=\S+)", out)[i - 1]]
+    assert len(shown) == len(set(shown)) == 4, f"--max-concurrent 1: one point at a time ({shown})"
+    assert re.search(r"\] stopped  x=\d\.\d{1,4}  after \d epoch\(s\) by the scheduler", out), out[-2500:]
+
+
+def test_a_point_failing_in_a_search_on_a_metric_fails_alone_not_the_launch(epoch_study, capsys):
+    """A failed point reports no --metric: Ray Tune's strict metric check would end the whole launch with a
+    traceback and leave runs RUNNING; the launcher checks --metric before Ray starts instead."""
+    store = epoch_study
+    args = ["--search", "random", "--num-samples", "2", "--grid", "seed=13", "--space", "x=uniform(0.1,3)",
+            "--scheduler", "asha", "--metric", "val_score", "--mode", "max", "--max-concurrent", "1",
+            "--tracking-uri", store["uri"], "--storage-path", store["ray"]]
+    status = main("epoch_pkg.study", args)
+    captured = capsys.readouterr()
+    assert status == 1 and "TuneError" not in captured.out + captured.err
+    assert "0/2 points finished" in captured.out, captured.out[-3000:]
+    _, runs, parent = _children(store["uri"], "epochs")
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
+    assert all(r.data.tags[schema.TAG_ERROR] == "ValueError: seed 13 is unlucky" for r in runs)
+    assert parent.info.status == "FAILED"
 
 
 def test_reports_epochs_is_a_capability_of_its_own():
