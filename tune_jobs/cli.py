@@ -157,7 +157,7 @@ def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
                    if study.analysis is not None else argparse.SUPPRESS)
     m.add_argument("--progress", choices=PROGRESS, default="auto",
                    help="console lines while the sweep runs: points (one per finished point), epochs (also one per "
-                        "epoch of every point), none (the first and last lines only); auto (default): one per "
+                        "epoch of every point reporting epochs live: checkpointing studies, or under a scheduler), none (the first and last lines only); auto (default): one per "
                         f"point, and for a launch of at most {FEW_POINTS} points one per 10%% of a point's epochs")
 
 
