@@ -39,6 +39,9 @@ EPOCH_STUDY = """
     STUDY = Study(name="epochs", description="reports epochs, no checkpoints", config_type=Config,
                   grid={"x": (1.0, 2.0, 3.0), "seed": (1, 2)}, run_point=run_point, metrics=("test_score",),
                   search_metrics=("val_score",), reports_epochs=True, points_per_trial=3)
+    PROMISES = Study(name="promises", description="declares a search metric it never reports", config_type=Config,
+                     grid={"x": (1.0, 2.0), "seed": (1,)}, run_point=run_point, metrics=("test_score",),
+                     search_metrics=("val_score", "val_other"), reports_epochs=True)
 """
 
 
@@ -112,6 +115,19 @@ def test_a_point_failing_in_a_search_on_a_metric_fails_alone_not_the_launch(epoc
     assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
     assert all(r.data.tags[schema.TAG_ERROR] == "ValueError: seed 13 is unlucky" for r in runs)
     assert parent.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("flags", [["--scheduler", "asha"], ["--search", "random", "--space", "x=uniform(1,2)"]])
+def test_a_point_that_does_not_report_the_metric_it_declared_fails_naming_it(epoch_study, capsys, flags):
+    """The launcher trusts the study's declaration before Ray starts; a point that breaks it fails, naming the metric
+    (a scheduler or searcher would otherwise select on nothing, silently)."""
+    store = epoch_study
+    status = main("epoch_pkg.study:PROMISES", [*flags, "--metric", "val_other", "--mode", "max", "--max-concurrent",
+                                               "1", "--tracking-uri", store["uri"], "--storage-path", store["ray"]])
+    assert status == 1
+    _, runs, _ = _children(store["uri"], "promises")
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+    assert all("reports no 'val_other' (--metric, " in r.data.tags[schema.TAG_ERROR] for r in runs), runs[0].data.tags
 
 
 def test_reports_epochs_is_a_capability_of_its_own():

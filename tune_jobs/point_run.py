@@ -40,9 +40,9 @@ class RunEpochHooks:
     SHARE = 0.05
 
     def __init__(self, writer: SweepWriter, point: str, every: int | None, earlier=(),
-                 epochs_total: int | None = None, checkpoints: bool = True) -> None:
+                 epochs_total: int | None = None, checkpoints: bool = True, metric: str | None = None) -> None:
         self.writer, self.point, self.every, self.epochs_total = writer, point, every, epochs_total
-        self.checkpoints = checkpoints
+        self.checkpoints, self.metric = checkpoints, metric
         self.run_id: str | None = None
         self.resumed_run_id: str | None = None
         self.resumed_epoch: int | None = None
@@ -99,6 +99,9 @@ class RunEpochHooks:
     def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
         from ray import tune
 
+        if self.metric is not None and self.metric not in metrics:  # a scheduler would compare points on nothing
+            raise ValueError(f"epoch {epoch} reports no {self.metric!r} (--metric, which the scheduler compares "
+                             f"points on); it reports {', '.join(map(repr, metrics)) or 'nothing'}")
         if epoch > self._logged_through:  # a resumed point re-trains epochs logged after its checkpoint
             self.writer.log_step(self.run_id, epoch, metrics)
         self.last_logged = dict(metrics)

@@ -92,7 +92,8 @@ class Study:
     reported_metrics: optional ``config -> metric names`` a point of that config reports
                       (at its end, and every epoch for a study reporting epochs);
                       default: ``metrics`` and ``search_metrics``.  A ``--metric``
-                      that some point of a launch does not report exits 2 before Ray starts.
+                      that some point of a launch does not report exits 2 before Ray starts;
+                      a point whose result (or reported epoch) then lacks it fails, naming it.
     search_defaults:  protocol values a search or scheduler launch uses unless
                       ``--set`` says otherwise (e.g. ``{"val_fraction": 0.1}``).
     open_params:      prefix -> config field holding named values ``--set``/``--space

@@ -128,7 +128,7 @@ def _hooks(context: TrialContext, study, writer: SweepWriter, run: PointRun, ear
         writer.kill_earlier(earlier)
         return EpochRecorder() if study.reports_epochs else None
     hooks = RunEpochHooks(writer, run.point, context.checkpoint_every, earlier, run.params.get("epochs"),
-                          checkpoints=study.checkpoints)
+                          checkpoints=study.checkpoints, metric=context.metric if context.epoch_reports else None)
     hooks.run_id = run.adopt(writer.start(run.point, run.params, ray_trial, earlier=earlier,
                                           resume_run_id=hooks.resumed_run_id, resumed_epoch=hooks.resumed_epoch,
                                           run_name=run.run_name))
@@ -143,6 +143,10 @@ def _record(context: TrialContext, study, writer: SweepWriter, run: PointRun, ho
         log_model(writer, run.open(), result.model)
     if isinstance(hooks, EpochRecorder):
         result = hooks.merged(result)
+    reported = {*result.metrics, *result.histories, *(hooks.last_logged if isinstance(hooks, RunEpochHooks) else ())}
+    if context.metric is not None and context.metric not in reported:  # declared by the study, not reported
+        raise ValueError(f"the point reports no {context.metric!r} (--metric, which the search selects on) although "
+                         f"the study declares it; it reports {', '.join(map(repr, sorted(reported))) or 'nothing'}")
     run.finish(result, logged=hooks.last_logged if isinstance(hooks, RunEpochHooks) else None)
     if study.checkpoints:
         try:
