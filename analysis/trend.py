@@ -156,6 +156,8 @@ def trend_analysis(metric: str, x: str, by: str | None = None, *, seed: str = "s
         else:
             intervals = {}
         numeric_x = _numeric(cells[x])
+        if numeric_x is not None and log_x and not (numeric_x > 0).all():
+            numeric_x = None  # no log10 of x <= 0: the table only, and a finding saying why
         trends: dict[Any, dict] = {}
         for i, (group, rows) in enumerate(cells.groupby(group_col, sort=True)):
             if numeric_x is None:
@@ -179,6 +181,8 @@ def trend_analysis(metric: str, x: str, by: str | None = None, *, seed: str = "s
             for _, row in cells.iterrows()
         ])
         findings = _findings(metric, x, by, trends, log_x, numeric_x is None, bool(intervals))
+        if log_x and _numeric(cells[x]) is not None and numeric_x is None:
+            findings = [f"log_x: {x} has values <= 0, so no trend against log10({x}) (the table gives {metric} per {x})"]
         summary = {"metric": metric, "x": x, "by": by, "log_x": log_x,
                    "cells": [{**{k: v for k, v in row.items() if k != "_group"},
                               "ci": _pair(intervals.get((row[group_col], row[x])))}

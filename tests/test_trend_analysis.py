@@ -71,6 +71,11 @@ def test_a_search_sweep_without_groups_gets_the_trend_over_its_points():
     trend = output.summary["trends"]["all"]
     assert trend["n"] == 12 and trend["r"] < -0.9 and trend["r_boot"] is None
     assert "acc_vs_x_r" in output.metrics and "acc_vs_x_slope" in output.metrics
+    logged = trend_analysis("acc", x="x", log_x=True).analyze(_sweep(runs.assign(x=xs + 1), {"seed": (1,)}))
+    assert logged.summary["trends"]["all"]["r"] < -0.9
+    zero = trend_analysis("acc", x="x", log_x=True).analyze(_sweep(runs.assign(x=xs - xs.min()), {"seed": (1,)}))
+    assert zero.findings == ["log_x: x has values <= 0, so no trend against log10(x) (the table gives acc per x)"]
+    assert not zero.metrics and (zero.table["x"] >= 0).all()
 
 
 def test_trend_intervals_are_the_percentiles_of_resampled_correlations():
