@@ -223,7 +223,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     try:
         urllib.request.urlopen(request, timeout=timeout_s).close()
     except urllib.error.HTTPError as error:
-        _refused(uri, error.code)
+        _refused(uri, error.code, user if user and password else None)
     except (urllib.error.URLError, OSError):
         pass  # not the question here: MLflow's own client retries and reports
 
@@ -274,12 +274,15 @@ def check_permission(uri: str, experiment: str, timeout_s: float = 10.0) -> None
                          f"{uri}; a launch needs EDIT (ask the server's admin to grant it)")
 
 
-def _refused(uri: str, code: int) -> None:
-    """A tracking server that answers but refuses this client: say why in one line."""
+def _refused(uri: str, code: int, user: str | None = None) -> None:
+    """A tracking server that answers but refuses this client (as ``user``, if credentials were sent): say why in
+    one line."""
     if code == 403:
         host = urlparse(uri).netloc
         raise TrackingUnavailable(f"tracking server {uri} refuses this client (HTTP 403 Forbidden): it does not "
                                   f"allow the Host {host!r}; restart it with --allowed-hosts including {host!r}")
+    if code == 401 and user:
+        raise TrackingUnavailable(f"tracking server {uri} refuses user {user!r}: wrong username or password")
     if code == 401:
         raise TrackingUnavailable(f"tracking server {uri} requires authentication (HTTP 401): set "
                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")

@@ -57,7 +57,7 @@ def two_sweeps(tmp_path_factory):
     return {"dir": folder, "uri": uri, "good": good, "failed": _failed_launch(uri)}
 
 
-def test_a_failed_launch_is_not_the_latest_sweep(two_sweeps, monkeypatch):
+def test_a_failed_launch_is_not_the_latest_sweep(two_sweeps):
     from record.read import find_sweep, read_sweep
 
     uri, good, failed = two_sweeps["uri"], two_sweeps["good"], two_sweeps["failed"]
@@ -79,15 +79,10 @@ def test_a_failed_launch_is_not_the_latest_sweep(two_sweeps, monkeypatch):
 
     example = re.search(r"<!-- example: query one sweep -->\s*```python\n(.*?)```",
                         (ROOT / "README.md").read_text(), re.S).group(1)
-    scope: dict = {}
-    monkeypatch.chdir(two_sweeps["dir"])
-    try:
-        exec(compile(example, "README.md", "exec"), scope)  # verbatim, in the folder the launch ran in
-    finally:
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-    assert scope["sweep"].run_id == good
+    # verbatim, in a fresh interpreter in the folder the launch ran in (in this process, MLflow would reuse the
+    # store it opened for the same relative URI in another test's folder)
+    proc = _run(["-c", example + "\nprint('the sweep:', sweep.run_id)"], two_sweeps["dir"])
+    assert proc.returncode == 0 and f"the sweep: {good}" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_sweeps_lists_a_stores_sweeps_as_a_table_and_as_json(two_sweeps):
