@@ -11,7 +11,9 @@ Run layout (README, "Tracking schema"):
   still read: :data:`POINT_FILTER` finds both), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
   ``robustlab.ray_trial``; flat params; final metrics at step 0 and histories
   with ``step`` = epoch (or the index the study documents); a training
-  point's final model under ``model/`` (``state_dict.pt`` + ``model.json``);
+  point's final model as an MLflow logged model named ``model`` whose source run is the point's run
+  (``state_dict.pt`` + ``model.json``, and MLflow's ``pytorch`` flavour where the study gave an example input;
+  stores written before issue 26 hold the first two as the run's artifacts under ``model/``, still read);
   while it trains, its latest checkpoint under ``checkpoint/`` named by the
   ``robustlab.checkpoint`` tag (removed when the point finishes);
 * analysis runs nested under the sweep: ``robustlab.kind=analysis``;
@@ -80,9 +82,15 @@ SCHEMA_VERSION = "2"
 GRID_PREFIX = "grid."
 TRACEBACK_ARTIFACT = "error/traceback.txt"
 CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
+MODEL_DIR = "model"  # the run artifact folder of a point's model in stores written before issue 26 (still read)
+MODEL_NAME = "model"  # a point's MLflow logged model: ``runs:/<run id>/model`` resolves to it
 MODEL_SPEC = "model.json"
 MODEL_WEIGHTS = "state_dict.pt"
+#: The logged model's params: the :mod:`core.models` registry name and the builder's arguments (JSON).
+MODEL_PARAM_REGISTRY = "registry_name"
+MODEL_PARAM_KWARGS = "kwargs"
+#: The point run's tags the logged model carries too (its row in the Models tab tells which point it is).
+MODEL_TAGS = (TAG_STUDY, TAG_SWEEP, TAG_POINT, TAG_SCHEMA_VERSION)
 
 _BASES = {int: "int", float: "float", bool: "bool", str: "str"}
 _TYPE_NAME = re.compile(r"^(?:tuple\[)?(int|float|bool|str)\]?\??$")

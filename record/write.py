@@ -17,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from record import checkpoints, schema
+from record import checkpoints, models, schema
 from record.runs import point_runs, point_statuses
 from record.store import StoreError
 
@@ -239,10 +239,12 @@ class SweepWriter:
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point).info.run_id
 
     def finish(self, run_id: str, result: Result, logged: Mapping[str, float] | None = None,
-               params: Mapping[str, Any] = ()) -> None:
+               params: Mapping[str, Any] = (), model_id: str | None = None) -> None:
         """Log ``params`` and the result in batches and mark the run FINISHED (``logged``: see
-        :func:`result_metrics`): a run :meth:`create` just made is complete in four writes."""
-        log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=result_metrics(result, logged))
+        :func:`result_metrics`): a run :meth:`create` just made is complete in four writes. ``model_id``: the
+        point's logged model (:meth:`log_model`), which its final metrics are linked to."""
+        metrics = models.model_metrics(result_metrics(result, logged), model_id)
+        log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=metrics)
         if result.datasets:
             self.log_inputs(run_id, result.datasets)
         log_artifacts(self.client, run_id, result.artifacts)
@@ -276,11 +278,10 @@ class SweepWriter:
         """See :func:`record.checkpoints.drop_checkpoints`."""
         checkpoints.drop_checkpoints(self.client, run_id, keep_latest)
 
-    def log_model(self, run_id: str, spec: Mapping[str, Any], weights_file: str) -> None:
-        """The point's trained model: ``model/state_dict.pt`` and ``model/model.json`` (how to rebuild it)."""
-        self.client.log_artifact(run_id, weights_file, schema.MODEL_DIR)
-        self.client.log_text(run_id, json.dumps(dict(spec), indent=1, sort_keys=True),
-                             f"{schema.MODEL_DIR}/{schema.MODEL_SPEC}")
+    def log_model(self, run_id: str, spec: Mapping[str, Any], write) -> str:
+        """The point's trained model as an MLflow logged model of its run; returns its id (see
+        :func:`record.models.log_point_model`)."""
+        return models.log_point_model(self.client, run_id, spec, write)
 
     def last_step(self, run_id: str) -> int:
         """The highest step of the run's metric histories so far (-1 when it has none)."""

@@ -130,9 +130,10 @@ def _record(context: TrialContext, study, writer: SweepWriter, run: PointRun, ho
     """A computed point's result checked and recorded: its model if asked, its run FINISHED, its checkpoints
     dropped (a leftover checkpoint only takes disk: said, not fatal)."""
     study.check_result(result)
+    model_id = None
     if context.log_models and result.model is not None:
-        log_model(writer, run.open(), result.model)
-    run.finish(result, logged=hooks.last_logged if hooks else None)
+        model_id = log_model(writer, run.open(), result.model)
+    run.finish(result, logged=hooks.last_logged if hooks else None, model_id=model_id)
     if hooks is not None:
         try:
             writer.drop_checkpoints(run.run_id, keep_latest=context.keep_checkpoints)
