@@ -206,8 +206,9 @@ class PointRun:
 
 
     def __init__(self, writer: SweepWriter, point: str, params: dict[str, Any], ray_trial: str,
-                 run_name: str | None) -> None:
+                 run_name: str | None, dims: dict[str, Any] | None = None) -> None:
         self.writer, self.point, self.params, self.ray_trial, self.run_name = writer, point, params, ray_trial, run_name
+        self.dims = dims or {}  # the point's grid values: numeric ones are also logged as dim.<name> metrics
         self.run_id: str | None = None
         self._lock = threading.Lock()
         self._params_logged = False
@@ -218,7 +219,7 @@ class PointRun:
             if self.run_id is None:
                 self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
             if not self._params_logged:
-                self.writer.log_params(self.run_id, self.params)
+                self.writer.log_params(self.run_id, self.params, self.dims)
                 self._params_logged = True
             return self.run_id
 
@@ -234,8 +235,9 @@ class PointRun:
         with self._lock:
             if self.run_id is None:
                 self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
-            self.writer.finish(self.run_id, result, logged=logged, params={} if self._params_logged else self.params,
-                               model_id=model_id)
+            fresh = not self._params_logged
+            self.writer.finish(self.run_id, result, logged=logged, params=self.params if fresh else {},
+                               model_id=model_id, dims=self.dims if fresh else {})
             self._params_logged = True
 
     def fail(self, error: BaseException) -> None:

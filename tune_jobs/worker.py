@@ -75,7 +75,9 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
                 reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
                 name = study.run_name(point, getattr(context, "single_dims", ()))  # one-valued grid dims last
-                pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial, name)))
+                dims = {d: study.value(config, d) for d in (context.point_dims or study.grid)}
+                pending.append((index, point, config,
+                                PointRun(writer, point, study.params(config), ray_trial, name, dims)))
         together = {}
         if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
             together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))
@@ -122,7 +124,7 @@ def _hooks(context: TrialContext, study, writer: SweepWriter, run: PointRun, ear
     hooks = RunEpochHooks(writer, run.point, context.checkpoint_every, earlier, run.params.get("epochs"))
     hooks.run_id = run.adopt(writer.start(run.point, run.params, ray_trial, earlier=earlier,
                                           resume_run_id=hooks.resumed_run_id, resumed_epoch=hooks.resumed_epoch,
-                                          run_name=run.run_name))
+                                          run_name=run.run_name, dims=run.dims))
     return hooks
 
 
