@@ -56,12 +56,20 @@ def log_point_model(client: MlflowClient, run_id: str, spec: Mapping[str, Any],
     return model.model_id
 
 
-def model_metrics(metrics: list[Metric], model_id: str | None) -> list[Metric]:
-    """``metrics`` (a point's final values at step 0) also linked to its logged model ``model_id`` (the Models tab's
-    metric columns); the same values, logged once."""
+def model_metrics(metrics: list[Metric], model_id: str | None, finals: Mapping[str, float]) -> list[Metric]:
+    """``metrics`` (what a point's run gets at its end) with its final values ``finals`` also linked to its logged
+    model ``model_id`` (the model page's metrics): of each final, the point logged with the highest step (a final
+    that is also a history is carried by the history's last point). The same values, logged once."""
     if model_id is None:
         return metrics
-    return [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) if m.step == 0 else m for m in metrics]
+    last: dict[str, Metric] = {}
+    for metric in metrics:
+        if metric.key in finals and metric.value == finals[metric.key]:
+            if metric.key not in last or metric.step > last[metric.key].step:
+                last[metric.key] = metric
+    linked = {id(m) for m in last.values()}
+    return [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) if id(m) in linked else m
+            for m in metrics]
 
 
 def point_model(client: MlflowClient, run_id: str):

@@ -253,7 +253,7 @@ class SweepWriter:
         :func:`result_metrics`): a run :meth:`create` just made is complete in four writes. ``model_id``: the
         point's logged model (:meth:`log_model`), which its final metrics are linked to; ``dims``: the grid values
         to log with ``params`` (see :meth:`log_params`)."""
-        metrics = models.model_metrics(result_metrics(result, logged), model_id) + dim_metrics(dims)
+        metrics = models.model_metrics(result_metrics(result, logged), model_id, result.metrics) + dim_metrics(dims)
         log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=metrics)
         if result.datasets:
             self.log_inputs(run_id, result.datasets)
