@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import LoggedModelOutput, Metric
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.tracking import MlflowClient
 
 from record import schema
@@ -73,13 +73,15 @@ def model_metrics(metrics: list[Metric], model_id: str | None, finals: Mapping[s
 
 
 def point_model(client: MlflowClient, run_id: str):
-    """The newest READY logged model of the point run ``run_id`` (None: none, e.g. a run written before issue 26)."""
+    """The newest READY logged model of the point run ``run_id`` (None: none, e.g. a run written before issue 26).
+
+    The status is checked here, not in the filter: through a tracking server (MLflow 3.17) ``status = 'READY'``
+    matches nothing."""
     experiment_id = client.get_run(run_id).info.experiment_id
     found = client.search_logged_models(
-        [experiment_id], filter_string=f"source_run_id = '{run_id}' and name = '{schema.MODEL_NAME}' "
-                                       "and status = 'READY'",
-        order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
-    return found[0] if found else None
+        [experiment_id], filter_string=f"source_run_id = '{run_id}' and name = '{schema.MODEL_NAME}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}])
+    return next((model for model in found if model.status == LoggedModelStatus.READY), None)
 
 
 def model_id_of(client: MlflowClient, uri: str) -> str:

@@ -43,7 +43,7 @@ def test_every_logged_model_is_an_mlflow_logged_model_of_its_run_registrable_and
     assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in runs), "one model per point"
     for model in models:
         run = client.get_run(model.source_run_id)
-        assert model.name == schema.MODEL_NAME and str(model.status) in ("READY", "LoggedModelStatus.READY")
+        assert model.name == schema.MODEL_NAME and model.status == "READY"
         assert model.tags[schema.TAG_POINT] == run.data.tags[schema.TAG_POINT]
         assert model.tags[schema.TAG_SWEEP] == run.data.tags[schema.TAG_SWEEP]
         assert model.params["registry_name"] == "mlp"
