@@ -75,7 +75,7 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
                 reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
                 name = study.run_name(point, getattr(context, "single_dims", ()))  # one-valued grid dims last
-                dims = {d: study.value(config, d) for d in (context.point_dims or study.grid)}
+                dims = {d: study.value(config, d) for d in (*study.grid, *context.space_keys)}  # grid, then searched
                 pending.append((index, point, config,
                                 PointRun(writer, point, study.params(config), ray_trial, name, dims)))
         together = {}
