@@ -130,3 +130,41 @@ def test_readme_logged_model_example_runs_verbatim(store):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "same predictions: True" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.fixture
+def writer(store):
+    from record.runs import get_or_create_experiment
+    from record.store import prepare_store
+    from record.write import SweepWriter, create_sweep
+
+    prepare_store(store["uri"])
+    client = MlflowClient(store["uri"])
+    experiment = get_or_create_experiment(client, "models", store["uri"])
+    sweep_id = create_sweep(client, experiment, study="poison_sensitivity", run_name="s", command="test", fixed={},
+                            grid={}, n_points=1, param_types={})
+    return SweepWriter(store["uri"], experiment, sweep_id, "poison_sensitivity")
+
+
+@pytest.mark.parametrize("example", ["none", "not-traceable"])
+def test_a_model_mlflow_cannot_export_is_still_a_logged_model_the_project_loads(writer, store, example, capsys):
+    """No example input (an own study may give none), or one the module cannot run on: the logged model has the
+    project's files only, no MLflow flavour; the console says why for the second."""
+    from analysis.models import load_model
+    from core.models import build_model
+    from core.point import TrainedModel
+    from tune_jobs.point_run import log_model
+
+    module = build_model("mlp", in_features=10, hidden_widths=[8], num_classes=3).eval()
+    bad_input = None if example == "none" else torch.zeros(2, 4)  # 4 features for a 10-feature network
+    run_id = writer.create("p", "trial-1")
+    model_id = log_model(writer, run_id, TrainedModel("mlp", {"in_features": 10, "hidden_widths": [8],
+                                                              "num_classes": 3}, module, bad_input))
+    writer.client.set_terminated(run_id, "FINISHED")
+    model = writer.client.get_logged_model(model_id)
+    assert model.status == "READY" and model.source_run_id == run_id
+    files = {a.path for a in writer.client.list_logged_model_artifacts(model_id)}
+    assert files == {schema.MODEL_SPEC, schema.MODEL_WEIGHTS}
+    assert ("has no MLflow flavour" in capsys.readouterr().out) == (example == "not-traceable")
+    with torch.no_grad():
+        assert torch.equal(load_model(run_id, store["uri"])(_inputs()), module(_inputs()))
