@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, mean_std
+from analysis.trend import seed_table, trend_entry, what_survives
 from record.read import SweepRecord
 from record.schema import curve_key
 
@@ -42,90 +43,34 @@ def per_epsilon(sweep: SweepRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rows_pearson(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Pearson r of ``x`` with each row of ``ys`` (NaN for a constant row)."""
-    xc = x - x.mean()
-    yc = ys - ys.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (yc @ xc) / np.sqrt((yc ** 2).sum(axis=1) * (xc ** 2).sum())
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(values, axis=-1)
-
-
 def seed_bootstrap(runs: pd.DataFrame, dataset: str, attack: str) -> dict | None:
     """Seed-bootstrap 95% intervals of Pearson r and Spearman rho between log10(param_count) and the seed-mean
     gap (:mod:`core.stats`: whole seeds resampled, a seed's data set serving every width); None below 2 seeds
     or 3 widths, or unless every width has the same seeds."""
-    from core.stats import percentile_interval, resampled_means, seed_draws
+    from core.stats import resampled_means, trend_intervals, whole_seed_draws
 
     rows = runs[runs.dataset == dataset]
-    table = rows.pivot_table(index="hidden_width", columns="seed", values=f"mean_{attack}_gap", aggfunc="first")
-    if table.shape[0] < 3 or table.shape[1] < 2 or table.isna().any().any():
+    table = seed_table(rows, "hidden_width", f"mean_{attack}_gap")
+    if table is None or table.shape[0] < 3:
         return None
     params = rows.groupby("hidden_width").param_count.first().reindex(table.index).to_numpy(dtype=float)
     values = table.to_numpy(dtype=float)
-    draws = np.broadcast_to(seed_draws(values.shape[1], 1), (1000, values.shape[0], values.shape[1]))
-    means = resampled_means(values, draws)  # (resamples, widths)
-    x = np.log10(params)
-    return {"r": percentile_interval(_rows_pearson(x, means)),
-            "rho": percentile_interval(_rows_pearson(_ranks(x), _ranks(means))),
-            "n_seeds": values.shape[1]}
+    means = resampled_means(values, whole_seed_draws(values.shape[1], values.shape[0]))  # (resamples, widths)
+    r, rho = trend_intervals(np.log10(params), means)
+    return {"r": r, "rho": rho, "n_seeds": values.shape[1]}
 
 
 def correlations(by_width: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict[str, dict]]:
     """Per dataset and attack: r(log10 param_count, seed-mean gap) with p and Fisher 95% CI, Spearman's rho with
-    its p, and seed-bootstrap 95% intervals of both (None where not available)."""
-    from scipy.stats import spearmanr
-
-    from core.fits import pearson_with_ci
-
+    its p, and seed-bootstrap 95% intervals of both (None where not available): :func:`analysis.trend.trend_entry`."""
     out: dict[str, dict[str, dict]] = {}
     for dataset, rows in by_width.groupby("dataset"):
         out[dataset] = {}
         for attack in ATTACKS:
-            entry = {"r": None, "p_value": None, "ci_low": None, "ci_high": None, "n": len(rows), "rho": None,
-                     "rho_p_value": None, "r_boot": None, "rho_boot": None, "n_seeds": int(rows.n_seeds.min())}
-            out[dataset][attack] = entry
-            if len(rows) < 3:
-                continue
-            x, y = np.log10(rows["param_count"]), rows[f"mean_{attack}_gap_mean"]
-            c = pearson_with_ci(x, y)
-            entry.update(r=c.r, p_value=c.p_value, ci_low=c.ci_low, ci_high=c.ci_high, n=c.n)
-            if np.ptp(y) > 0:
-                rank = spearmanr(x, y)
-                entry.update(rho=float(rank.statistic), rho_p_value=float(rank.pvalue))
-            boot = seed_bootstrap(runs, dataset, attack)
-            if boot is not None:
-                entry.update(r_boot=boot["r"] and [boot["r"].low, boot["r"].high],
-                             rho_boot=boot["rho"] and [boot["rho"].low, boot["rho"].high])
+            boot = seed_bootstrap(runs, dataset, attack) if len(rows) >= 3 else None
+            out[dataset][attack] = trend_entry(np.log10(rows["param_count"]), rows[f"mean_{attack}_gap_mean"],
+                                               boot and (boot["r"], boot["rho"]), int(rows.n_seeds.min()))
     return out
-
-
-def _what_survives(c: dict) -> str:
-    """Which of the correlation's readings hold at 95%: across widths (Fisher), by rank, over seeds (bootstrap)."""
-    sign = "positive" if c["r"] > 0 else "negative"
-    parts = []
-    parts.append(f"Spearman rho = {c['rho']:.2f} (p = {c['rho_p_value']:.3f})" if c["rho"] is not None
-                 else "Spearman rho undefined (constant gaps)")
-    if c["r_boot"] is None:
-        parts.append("seed-bootstrap intervals not available (needs >= 2 seeds of every width; --seeds N)")
-        holds_seeds = None
-    else:
-        low, high = c["r_boot"]
-        holds_seeds = low > 0 or high < 0
-        parts.append(f"seed-bootstrap 95% CI of r [{low:.2f}, {high:.2f}]"
-                     + (f", of rho [{c['rho_boot'][0]:.2f}, {c['rho_boot'][1]:.2f}]" if c["rho_boot"] else ""))
-    survives = [name for name, held in (("across widths (Fisher CI excludes 0)", c["ci_low"] > 0 or c["ci_high"] < 0),
-                                        ("by rank (Spearman p < 0.05)", c["rho_p_value"] is not None
-                                         and c["rho_p_value"] < 0.05),
-                                        ("over seeds (bootstrap CI excludes 0)", holds_seeds)) if held]
-    verdict = (f"the {sign} trend survives at 95% " + ", ".join(survives)) if survives else \
-        f"the {sign} trend survives none of the 95% tests"
-    return "; ".join(parts) + f" -> {verdict}"
 
 
 def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
@@ -143,7 +88,7 @@ def findings(by_width: pd.DataFrame, corr: dict) -> list[str]:
             out.append(f"{dataset} / {attack.upper()}: the mean robustness gap {direction} with model size "
                        f"(r = {c['r']:.2f}, p = {c['p_value']:.3f}, 95% CI [{c['ci_low']:.2f}, {c['ci_high']:.2f}], "
                        f"n = {c['n']} widths; {certain})")
-            out.append(f"{dataset} / {attack.upper()}: " + _what_survives(c))
+            out.append(f"{dataset} / {attack.upper()}: " + what_survives(c, "widths"))
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, map_blocks
+from analysis.trend import seed_cube
 from record.read import SweepRecord
 from record.schema import curve_key
 
@@ -61,15 +62,8 @@ def fit_size(points: pd.DataFrame, chance: float) -> dict:
 
 def seed_matrix(runs: pd.DataFrame, size: str, column: str):
     """``column`` as an array ``(sizes, fractions, seeds)`` with the sorted sizes, fractions and seeds; None unless
-    every (size, fraction) has exactly the same seeds (a sweep with failed points gets no intervals)."""
-    if "seed" not in runs.columns:
-        return None
-    sizes, fractions, seeds = (sorted(runs[c].unique()) for c in (size, "poison_fraction", "seed"))
-    table = runs.pivot_table(index=[size, "poison_fraction"], columns="seed", values=column, aggfunc="first")
-    if len(table) != len(sizes) * len(fractions) or table.isna().any().any():
-        return None
-    values = table.reindex(pd.MultiIndex.from_product([sizes, fractions]))[seeds].to_numpy(dtype=float)
-    return sizes, np.asarray(fractions, dtype=float), seeds, values.reshape(len(sizes), len(fractions), len(seeds))
+    every (size, fraction) has exactly the same seeds (:func:`analysis.trend.seed_cube`)."""
+    return seed_cube(runs, size, "poison_fraction", column)
 
 
 def bootstrap(runs: pd.DataFrame, size: str, chance: float, fits: dict[int, dict]) -> dict | None:

@@ -111,11 +111,16 @@ class TrainedModel:
 
 
 class EpochHooks(Protocol):
-    """Per-epoch callbacks a long point may use (checkpoints, live metrics).
+    """Per-epoch callbacks of a study that reports epochs (``Study.reports_epochs``; checkpoints with
+    ``Study.checkpoints``).
 
-    ``tune_jobs`` implements them with checkpoints and metrics in the point's MLflow run; the
-    default :data:`NO_HOOKS` does nothing, so the same ``run_point`` runs in a
-    plain loop (tests, benchmarks).
+    The contract: ``run_point`` calls ``epoch_end(epoch, metrics, state)`` after each epoch (epoch 0 first) with
+    that epoch's metrics (floats; with ``--scheduler asha`` they must hold the ``--metric``); a checkpointing
+    study also starts with ``restore()`` and continues after the epoch of the state it returns.  ``tune_jobs``
+    implements them: for packed points by keeping the epochs as the run's histories (step = epoch, written when
+    the point ends); under a scheduler or for a checkpointing study by logging each epoch to the point's MLflow
+    run and reporting it to Ray Tune (where a scheduler may stop the point), with checkpoints for the latter.
+    The default :data:`NO_HOOKS` does nothing, so the same ``run_point`` runs in a plain loop (tests, benchmarks).
     """
 
     def restore(self) -> dict[str, Any] | None:
@@ -148,12 +153,14 @@ class PointContext:
              depend on torch's thread count, so the built-in studies pin it as
              a protocol value (``torch_threads``) instead; a study whose
              numbers do not depend on it may use them all.
-    hooks:   per-epoch callbacks (:data:`NO_HOOKS` for short points).
+    hooks:   per-epoch callbacks (:data:`NO_HOOKS` unless the study reports epochs).
+    point_hooks: for a study's ``run_points``: the hooks of each of its configs, in order (empty: none).
     """
 
     device: str = "cpu"
     threads: int = 1
     hooks: EpochHooks = NO_HOOKS
+    point_hooks: tuple[EpochHooks, ...] = ()
 
 
 PLAIN = PointContext()

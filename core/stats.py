@@ -104,3 +104,32 @@ def t_interval(values, confidence: float = CONFIDENCE) -> Interval | None:
     mean, sd = float(values.mean()), float(values.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2.0, len(values) - 1)) * sd / math.sqrt(len(values))
     return Interval(mean - half, mean + half)
+
+
+def whole_seed_draws(n_seeds: int, n_groups: int, n_resamples: int = N_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Resampled seed positions, shape ``(n_resamples, n_groups, n_seeds)``, the same draw for every group: whole
+    seeds resampled, so a seed's values at every group stay together (a trend across groups is paired by seed)."""
+    draws = seed_draws(n_seeds, 1, n_resamples, seed)
+    return np.broadcast_to(draws, (n_resamples, n_groups, n_seeds))
+
+
+def rows_pearson(x, ys) -> np.ndarray:
+    """Pearson r of ``x`` with each row of ``ys`` (shape ``(rows, len(x))``; NaN for a constant row)."""
+    x = np.asarray(x, dtype=float)
+    xc = x - x.mean()
+    yc = ys - ys.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (yc @ xc) / np.sqrt((yc ** 2).sum(axis=1) * (xc ** 2).sum())
+
+
+def ranks(values) -> np.ndarray:
+    """Ranks along the last axis (ties averaged), as Spearman's rho uses them."""
+    return stats.rankdata(values, axis=-1)
+
+
+def trend_intervals(x, means) -> tuple[Interval | None, Interval | None]:
+    """Percentile intervals of Pearson r and Spearman rho between ``x`` and each bootstrap resample's means
+    (``means``: shape ``(n_resamples, len(x))``, e.g. :func:`resampled_means` over :func:`whole_seed_draws`)."""
+    x = np.asarray(x, dtype=float)
+    return percentile_interval(rows_pearson(x, means)), percentile_interval(rows_pearson(ranks(x), ranks(means)))

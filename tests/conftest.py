@@ -7,13 +7,44 @@ from pathlib import Path
 
 import pytest
 
-from tune_jobs.ray_env import local_ray_settings
-
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (scripts/test.sh runs two workers), each worker keeps its Ray clusters, sessions and address
+# file in a temp folder of its own: a local Ray started by one worker's test is not the cluster another's joins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import tempfile
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"ray-{os.environ['PYTEST_XDIST_WORKER']}-", dir="/tmp")
+
+from tune_jobs.ray_env import local_ray_settings  # noqa: E402 - after RAY_TMPDIR, before anything imports Ray
 
 # Before any test module imports Ray (Ray reads some of these at import): a launch in this process starts its local
 # Ray as `python -m tune_jobs` does, the v2 autoscaler monitor included (v1's holds up each shutdown for a second).
 local_ray_settings()
+
+
+def pytest_unconfigure(config):
+    """Remove this worker's Ray temp folder (its Ray sessions have ended with the tests that started them)."""
+    folder = os.environ.get("RAY_TMPDIR", "")
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.path.basename(folder).startswith("ray-"):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: Session fixtures worth computing once: under pytest-xdist the tests that read one run on one worker.
+SHARED_SWEEPS = ("default_poison_sweep", "reduced_poison_sweep")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Group the readers of each shared sweep (``--dist loadgroup``); a module with a costly module fixture groups
+    itself with ``pytestmark = pytest.mark.xdist_group(...)``."""
+    for item in items:
+        for name in SHARED_SWEEPS:
+            if name in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from record import schema
 from record.runs import search_all_runs
 from test_own_study import readme_example, write_package
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture: computed once, on one worker
+
 #: A second module of the user's package: the analysis declared apart, the study carrying it, a module name that
 #: is not the study's.
 DECLARED = """

@@ -23,6 +23,8 @@ from record.runs import search_all_runs
 from record.checkpoints import checkpoint_note
 from tune_jobs.tracking_server import TrackingServer
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture: computed once, on one worker
+
 RAY = str(Path(PYTHON).parent / "ray")
 HEAD, WORKERS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 
@@ -65,9 +67,10 @@ def _stop_session(*sessions: int, signals=((signal.SIGTERM, 5), (signal.SIGKILL,
             time.sleep(0.2)
 
 
-@pytest.mark.parametrize("address", ["auto", "127.0.0.1:PORT"])
+@pytest.mark.parametrize("address", [pytest.param("auto", marks=pytest.mark.solo), "127.0.0.1:PORT"])
 def test_an_address_where_no_cluster_answers_exits_2_and_leaves_nothing_running(tmp_path, address):
-    """(Before the cluster below starts: 'auto' must find no cluster.)"""
+    """'auto' must find no cluster: Ray also looks for one among this machine's processes, so that case runs alone
+    (``solo``), after the other tests."""
     address = address.replace("PORT", str(free_port()))
     uri = f"sqlite:///{tmp_path}/m.db"
     env = python_env()

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import textwrap
 
@@ -15,13 +16,14 @@ from record.runs import point_runs, search_all_runs, sweep_runs
 from tune_jobs.runner import main
 
 EXAMPLE_MARKER = "<!-- example: my_studies/layer_depth.py -->"
+EPOCHS_EXAMPLE_MARKER = "<!-- example: my_studies/label_smoothing.py -->"
 
 
-def readme_example() -> str:
-    """The code block README gives after its example marker, verbatim."""
+def readme_example(marker: str = EXAMPLE_MARKER) -> str:
+    """The code block README gives after an example marker, verbatim."""
     text = (ROOT / "README.md").read_text()
-    match = re.search(re.escape(EXAMPLE_MARKER) + r"\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README lost its example ({EXAMPLE_MARKER})"
+    match = re.search(re.escape(marker) + r"\s*```python\n(.*?)```", text, re.S)
+    assert match, f"README lost its example ({marker})"
     return match.group(1)
 
 
@@ -75,6 +77,71 @@ def test_readme_example_runs_from_a_package_outside_the_repository(tmp_path):
     first, second = (sorted((r.data.tags[schema.TAG_POINT], r.data.metrics["test_acc"]) for r in point_runs(
         client, experiment.experiment_id, s.info.run_id)) for s in reversed(sweep_runs(client, experiment.experiment_id)))
     assert len(first) == 16 and first == second, "the same launch, the same numbers"
+
+
+def test_readme_second_example_reports_epochs_is_analysed_searched_with_asha_and_reruns_anywhere(tmp_path):
+    """README's second example verbatim from a package outside the repository: a reduced grid with --analyze
+    (packed points with per-epoch histories, the generic analysis), then README's ASHA search over its main axis,
+    whose recorded command, pasted in another folder without this environment, gives the same numbers."""
+    source = readme_example(EPOCHS_EXAMPLE_MARKER)
+    assert len(source.splitlines()) < 80
+    work = tmp_path / "research"
+    write_package(work, "my_studies", {"label_smoothing": source})
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    common = ["--tracking-uri", uri, "--storage-path", str(work / "ray")]
+    grid = [PYTHON, "-m", "tune_jobs", "my_studies.label_smoothing", "--grid", "smoothing=0,0.1,0.3", "--grid",
+            "poison_fraction=0.4", "--grid", "seed=1,2", "--set", "epochs=10", "--experiment", "ls-grid",
+            "--analyze", str(work / "grid"), *common]
+    proc = subprocess.run(grid, cwd=work, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "6 grid points (0 already finished) in 2 Ray trials" in proc.stdout and "passed, 0 failed" in proc.stdout
+    assert not re.search(r"\] epoch ", proc.stdout), "no console line per epoch for packed points"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("ls-grid")
+    runs = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_POINT}'")
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == list(range(10))
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 10
+    summary = json.loads((work / "grid" / "summary.json").read_text())
+    trend = summary["trends"]["0.4"]
+    assert trend["n"] == 3 and trend["r_boot"] is not None and summary["intervals"]["available"]
+    (parent,) = sweep_runs(client, experiment.experiment_id)
+    assert parent.data.metrics["test_acc_vs_smoothing_r_poison_fraction0.4"] == trend["r"]
+    assert (work / "grid" / "test_acc_vs_smoothing.png").stat().st_size > 0
+
+    commands = re.search(re.escape(EPOCHS_EXAMPLE_MARKER) + r".*?```bash\n(.*?)```", (ROOT / "README.md").read_text(),
+                         re.S).group(1)
+    search = shlex.split(commands.split("\n", 1)[1].split("#")[0].replace("\\\n", " "))
+    assert search[:4] == ["python", "-m", "tune_jobs", "my_studies.label_smoothing"] and "asha" in search
+    search = [PYTHON, *search[1:], "--max-concurrent", "1", *common]  # one at a time: ASHA decides in one order
+    proc = subprocess.run(search, cwd=work, env=python_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "8/8 points finished" in proc.stdout and "passed, 0 failed" in proc.stdout
+    experiment = client.get_experiment_by_name("label_smoothing")
+    (sweep,) = sweep_runs(client, experiment.experiment_id)
+    assert sweep.data.params["space.smoothing"] == "uniform(0.0,0.5)" and sweep.data.params["scheduler"] == "asha"
+
+    def outcome(sweep_id):  # every point's val_acc per epoch and whether ASHA stopped it
+        return sorted((r.data.tags[schema.TAG_POINT], r.data.tags.get(schema.TAG_STOPPED),
+                       [m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_acc"),
+                                                key=lambda m: m.step)])
+                      for r in point_runs(client, experiment.experiment_id, sweep_id))
+
+    first = outcome(sweep.info.run_id)
+    assert len(first) == 8 and any(stopped for _, stopped, _ in first), "ASHA stopped some points"
+    assert all(len(values) == (int(stopped) if stopped else 40) for _, stopped, values in first)
+    rerun = sweep.data.tags[schema.TAG_RERUN]
+    assert rerun in proc.stdout
+    (tmp_path / "elsewhere").mkdir()
+    shell_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    again = subprocess.run(["bash", "-c", rerun], cwd=tmp_path / "elsewhere", env=shell_env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    newest = sweep_runs(client, experiment.experiment_id)[0]
+    assert newest.info.run_id != sweep.info.run_id
+    assert outcome(newest.info.run_id) == first, "the same launch, the same numbers"
 
 
 def test_unknown_study_lists_the_built_in_ones(tmp_path):

@@ -21,6 +21,8 @@ from test_own_study import readme_example, write_package
 from test_tracking_server import free_port
 from tune_jobs.tracking_server import TrackingServer
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture: computed once, on one worker
+
 
 class Head:
     def __init__(self, dashboard: str, env: dict, root: Path, uri: str) -> None:

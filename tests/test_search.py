@@ -119,6 +119,11 @@ def test_asha_stops_poor_points_early_and_records_them(store, capsys):
     (["--search", "optuna", "--space", "lr=uniform(0.1,1)", "--metric", "val_acc", "--mode", "max"],
      "--search optuna takes no grid: loss has 4 values"),
     (["--search", "random", "--space", "seed=randint(0,9)", "--grid", "seed=1"], "search it or grid it, not both"),
+    # a validation metric the points do not report (no validation split): refused before Ray, not a Ray traceback
+    (["--grid", "loss=cross_entropy", "--grid", "seed=1", "--scheduler", "asha", "--metric", "val_acc", "--mode", "max",
+      "--set", "val_fraction=0", "--set", "epochs=2"],
+     "--metric val_acc: the points of this launch do not report it; a metric they report that a searcher may select "
+     "on: none (--set val_fraction=0.0 overrides this study's search default val_fraction=0.1)"),
     (["--search", "random", "--space", "loss.p=uniform(0.1,1)", "--grid", "loss=generalized_ce"],
      "loss 'generalized_ce' has no hyperparameter 'p'"),
 ])

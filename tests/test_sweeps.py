@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, ROOT, python_env
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture: computed once, on one worker
+
 GRID = ["--grid", "hidden_width=128", "--grid", "poison_fraction=0,0.3", "--grid", "seed=42", "--set", "epochs=5"]
 
 

@@ -21,6 +21,8 @@ from record.store import StoreError, check_permission
 from test_tracking_server import free_port
 from tune_jobs.tracking_server import TrackingServer, write_auth_config
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture: computed once, on one worker
+
 ADMIN_PASSWORD = "admin-password-for-the-test"
 USERS = {"alice": "alice-password-1", "bob": "bob-password-22", "carol": "carol-password-3"}
 GRID = ["--grid", "hidden_width=8", "--grid", "seed=1"]

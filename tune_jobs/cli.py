@@ -106,7 +106,7 @@ def _search_flags(parser: argparse.ArgumentParser, study: Study) -> None:
     q = parser.add_argument_group("search and early stopping (Ray Tune)")
 
     def shown(text: str) -> str:  # the scheduler's flags, for studies that report every epoch (else refused)
-        return text if study.checkpoints else argparse.SUPPRESS
+        return text if study.reports_epochs else argparse.SUPPRESS
 
     q.add_argument("--search", choices=("grid", "random", "optuna"), default="grid",
                    help="grid (default): every --grid point; random: Ray Tune's random sampling of --space; optuna: "
@@ -157,7 +157,7 @@ def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
                    if study.analysis is not None else argparse.SUPPRESS)
     m.add_argument("--progress", choices=PROGRESS, default="auto",
                    help="console lines while the sweep runs: points (one per finished point), epochs (also one per "
-                        "epoch of every point), none (the first and last lines only); auto (default): one per "
+                        "epoch of every point reporting epochs live: checkpointing studies, or under a scheduler), none (the first and last lines only); auto (default): one per "
                         f"point, and for a launch of at most {FEW_POINTS} points one per 10%% of a point's epochs")
 
 
@@ -276,6 +276,21 @@ def _fixed(study: Study, args: argparse.Namespace) -> tuple[dict[str, Any], dict
     return fixed, opened
 
 
+def _check_reported(study: Study, metric: str, points: list[Any], overridden: dict[str, Any]) -> None:
+    """``--metric`` must be a metric every point of the launch reports (a point without it would stop the whole
+    Ray Tune run): else a UsageError naming it and the ones a searcher may select on here."""
+    if not points:
+        return
+    reported = set.intersection(*(study.reports(p) for p in points))
+    if metric in reported:
+        return
+    allowed = [m for m in study.search_metrics if m in reported]
+    hint = "".join(f" (--set {k}={encode(v)} overrides this study's search default {k}={encode(study.search_defaults[k])})"
+                   for k, v in overridden.items() if v != study.search_defaults[k])
+    raise UsageError(f"--metric {metric}: the points of this launch do not report it; a metric they report that a "
+                     f"searcher may select on: {', '.join(allowed) or 'none'}{hint}")
+
+
 def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = None) -> Launch:
     """Parse and validate everything; raise :class:`UsageError` naming the bad key or value.
 
@@ -308,6 +323,8 @@ def parse_launch(study: Study, argv: list[str] | None, study_ref: str | None = N
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     search, points = with_points(search, study, points)
+    if search.metric is not None:
+        _check_reported(study, search.metric, points, {k: fixed[k] for k in explicit if k in study.search_defaults})
     point_dims = None
     if search.space:  # points are named by the swept grid dimensions and the searched keys
         keys = [d.key for d in search.space]

@@ -5,6 +5,7 @@ system metrics."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -31,14 +32,17 @@ class RunEpochHooks:
     ``every``: checkpoint every that many epochs; None (``auto``) checkpoints
     once the time trained since the last one is at least 20 times what that
     one cost (at most 5 % of the point's time goes to checkpoints).
+    ``checkpoints=False`` (a study that reports epochs but does not checkpoint, under a scheduler): epochs are
+    logged and reported live, nothing is saved or restored.
     """
 
     STATE_FILE = "point_state.pt"
     SHARE = 0.05
 
     def __init__(self, writer: SweepWriter, point: str, every: int | None, earlier=(),
-                 epochs_total: int | None = None) -> None:
+                 epochs_total: int | None = None, checkpoints: bool = True, metric: str | None = None) -> None:
         self.writer, self.point, self.every, self.epochs_total = writer, point, every, epochs_total
+        self.checkpoints, self.metric = checkpoints, metric
         self.run_id: str | None = None
         self.resumed_run_id: str | None = None
         self.resumed_epoch: int | None = None
@@ -48,7 +52,8 @@ class RunEpochHooks:
         self.last_logged: dict[str, float] = {}
         self.saved = 0
         self._cost, self._since = 0.0, time.monotonic()
-        self._load(earlier)
+        if checkpoints:
+            self._load(earlier)
 
     def _load(self, earlier) -> None:
         """The newest checkpoint among the point's earlier runs (loaded as tensors and plain containers only).
@@ -94,6 +99,9 @@ class RunEpochHooks:
     def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
         from ray import tune
 
+        if self.metric is not None and self.metric not in metrics:  # a scheduler would compare points on nothing
+            raise ValueError(f"epoch {epoch} reports no {self.metric!r} (--metric, which the scheduler compares "
+                             f"points on); it reports {', '.join(map(repr, metrics)) or 'nothing'}")
         if epoch > self._logged_through:  # a resumed point re-trains epochs logged after its checkpoint
             self.writer.log_step(self.run_id, epoch, metrics)
         self.last_logged = dict(metrics)
@@ -102,7 +110,7 @@ class RunEpochHooks:
         total = {"epochs_total": self.epochs_total} if self.epochs_total else {}
         tune.report({"point": self.point, "status": "epoch", "epoch": epoch, "epochs_done": epoch + 1, **total,
                      "run_id": self.run_id, **metrics})
-        if self._due(epoch):
+        if self.checkpoints and self._due(epoch):
             self._save(epoch, state())
 
     def _due(self, epoch: int) -> bool:
@@ -122,6 +130,29 @@ class RunEpochHooks:
         self._slot, self.saved = slot, self.saved + 1
         self._since = time.monotonic()
         self._cost = self._since - started
+
+
+class EpochRecorder:
+    """:class:`core.point.EpochHooks` of a point that reports epochs without checkpointing, among the packed points
+    of a Ray trial: each epoch's metrics are kept in memory and become the run's histories (step = epoch), written
+    with the rest of the point's result in one batch when it ends. Nothing goes to Ray Tune or the console per
+    epoch, nothing is restored."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[str, dict[int, float]] = {}
+
+    def restore(self) -> None:
+        return None
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state) -> None:
+        for name, value in metrics.items():
+            self.epochs.setdefault(name, {})[int(epoch)] = float(value)
+
+    def merged(self, result):
+        """``result`` with the recorded epochs among its histories (a history the result carries itself wins)."""
+        if not self.epochs:
+            return result
+        return dataclasses.replace(result, histories={**self.epochs, **result.histories})
 
 
 def log_model(writer: SweepWriter, run_id: str, model: TrainedModel) -> str:

@@ -87,12 +87,16 @@ class PointProgress(tune.Callback):
                      + (f", {shown}" if shown else ""))
         if status == "failed":
             shown = result.get("error", "")
-        point = result.get("point")
-        if isinstance(point, str):
-            from tune_jobs.study import point_name
+        print(f"{self._prefix()} {status:8s} {self._name(result.get('point'))}" + (f"  {shown}" if shown else ""),
+              flush=True)
 
-            point = point_name(point, getattr(self, "short_names", {}), getattr(self, "last", ()))
-        print(f"{self._prefix()} {status:8s} {point}" + (f"  {shown}" if shown else ""), flush=True)
+    def _name(self, point):
+        """A point key as its run name (short names, floats to 4 significant digits)."""
+        if not isinstance(point, str):
+            return point
+        from tune_jobs.study import point_name
+
+        return point_name(point, getattr(self, "short_names", {}), getattr(self, "last", ()))
 
     def _prefix(self) -> str:
         """``[done/total elapsed, ETA]``: the ETA from the points finished in this launch so far, once
@@ -121,5 +125,5 @@ class PointProgress(tune.Callback):
         writer = SweepWriter(context.tracking_uri, context.experiment_id, context.sweep_id, "")
         writer.stop_early(last["run_id"], int(last["epochs_done"]))
         self.done += 1
-        print(f"{self._prefix()} stopped  {last.get('point')}  after {last['epochs_done']} epoch(s) by the scheduler",
+        print(f"{self._prefix()} stopped  {self._name(last.get('point'))}  after {last['epochs_done']} epoch(s) by the scheduler",
               flush=True)

@@ -103,6 +103,10 @@ def _ray_settings() -> None:
     # Ctrl-C is a KeyboardInterrupt here (Tune's own handler ends the run as if it had completed): the launch
     # stops at once and ends the parent and the in-flight runs KILLED.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # A point's outcome without the --metric (failed, skipped, a batch of points) is not an error: the launcher
+    # checks before Ray starts that every point reports it (tune_jobs.cli), and Ray Tune's strict check would end
+    # the whole launch with a traceback when one point fails; its schedulers and searchers skip such results.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 #: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry.

@@ -79,6 +79,7 @@ def _trial_context(launch: Launch, sweep: SweepWriter, identity: tuple[int, int]
         system_metrics=outputs.system_metrics, point_dims=launch.point_dims,
         space_keys=tuple(d.key for d in launch.search.space), store_identity=identity,
         single_dims=tuple(d for d, values in launch.grid.items() if len(values) == 1),
+        epoch_reports=launch.search.scheduler != "fifo", metric=launch.search.metric,
         provenance={k: v for k, v in provenance_tags(launch.study_ref, launch.argv).items()
                     if k != schema.TAG_COMMAND})
 

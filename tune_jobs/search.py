@@ -73,7 +73,7 @@ def parse_search(study: Study, args: argparse.Namespace, grid: dict[str, tuple])
         raise UsageError(f"--search optuna takes no grid: {swept} has {len(grid[swept])} values; give it as "
                          f"--space {swept}=choice(...), or fix it with --grid {swept}=VALUE")
     if args.scheduler == "asha":
-        if not study.checkpoints:
+        if not study.reports_epochs:
             raise UsageError(f"--scheduler asha: {study.name} reports only at the end of a point (no epochs to stop "
                              "between)")
         if args.grace_period < 1:

@@ -17,7 +17,7 @@ import importlib
 import itertools
 import pkgutil
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,16 @@ class Study:
     points_per_trial: at most this many grid points per Ray trial, computed in
                       sequence or by ``run_points`` (Ray's per-trial overhead outweighs a cheap point; they
                       share a trial); fewer when that leaves Ray slots idle.
-    checkpoints:      ``run_point`` uses ``context.hooks``: per-epoch metrics, and
-                      checkpoints kept in the point's MLflow run that a retried
-                      or resumed point continues from (one point per Ray trial).
+    reports_epochs:   ``run_point`` calls ``context.hooks.epoch_end(epoch, metrics, state)``
+                      after every epoch (see :class:`core.point.EpochHooks`): the
+                      epochs become the run's histories (step = epoch), logged in
+                      one batch when the point ends, so cheap points still share a
+                      Ray trial; with ``--scheduler asha`` each epoch also goes to
+                      Ray Tune (and live to the run), one point per Ray trial.
+    checkpoints:      also ``context.hooks.restore()`` and ``state()``: checkpoints kept in
+                      the point's MLflow run that a retried or resumed point
+                      continues from; every epoch is logged live (one point per
+                      Ray trial). Implies ``reports_epochs``.
     log_models:       log each finished point's ``PointResult.model`` to its run
                       by default (``--log-models`` / ``--no-log-models``).
     system_metrics:   seconds between samples of MLflow's system metrics (CPU,
@@ -82,6 +89,11 @@ class Study:
                       the run ``pf=0.05 w=64 s=42``); others keep their name.
     search_metrics:   metrics a searcher or scheduler may select on (``--metric``):
                       measured on a validation split, never on the test set.
+    reported_metrics: optional ``config -> metric names`` a point of that config reports
+                      (at its end, and every epoch for a study reporting epochs);
+                      default: ``metrics`` and ``search_metrics``.  A ``--metric``
+                      that some point of a launch does not report exits 2 before Ray starts;
+                      a point whose result (or reported epoch) then lacks it fails, naming it.
     search_defaults:  protocol values a search or scheduler launch uses unless
                       ``--set`` says otherwise (e.g. ``{"val_fraction": 0.1}``).
     open_params:      prefix -> config field holding named values ``--set``/``--space
@@ -101,6 +113,7 @@ class Study:
     analysis: Analysis | None = None
     run_points: Callable[[list[Any], Any], list[Any]] | None = None
     points_per_trial: int = 1
+    reports_epochs: bool = False
     checkpoints: bool = False
     log_models: bool = False
     system_metrics: float = 0.0
@@ -114,8 +127,11 @@ class Study:
     search_metrics: tuple[str, ...] = ()
     search_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     open_params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    reported_metrics: Callable[[Any], Iterable[str]] | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoints and not self.reports_epochs:  # a checkpointing point reports its epochs
+            object.__setattr__(self, "reports_epochs", True)
         if self.name == "sweeps":
             raise ValueError("a study cannot be named 'sweeps': python -m tune_jobs sweeps lists a store's sweeps")
         names = {f.name for f in dataclasses.fields(self.config_type)}
@@ -209,6 +225,12 @@ class Study:
             return dict(config.params())
         return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                 if f.name not in self.unlogged_fields}
+
+    def reports(self, config: Any) -> set[str]:
+        """The metrics a point of ``config`` reports (:attr:`reported_metrics`, by default every declared one)."""
+        if self.reported_metrics is not None:
+            return set(self.reported_metrics(config))
+        return {*self.metrics, *self.search_metrics}
 
     def check_result(self, result: Any) -> None:
         """Every declared metric present and every metric finite, else an error naming the metric."""

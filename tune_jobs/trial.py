@@ -38,6 +38,8 @@ class TrialContext:
     space_keys: tuple[str, ...] = ()  # a search's keys, sampled by Ray Tune into the trial's config
     store_identity: tuple[int, int] | None = None  # a SQLite store's file (record.store.store_identity)
     single_dims: tuple[str, ...] = ()  # grid dimensions with one value in this launch: last in run names
+    epoch_reports: bool = False  # each epoch goes to Ray Tune: a scheduler compares points between epochs
+    metric: str | None = None  # --metric: every point (and each epoch it reports to Ray Tune) must carry it
 
 
 def pack_point(config: Any) -> str:

@@ -65,7 +65,8 @@ def search_space(launch: Launch, context: TrialContext) -> TrialSpace:
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=search.seed)
+        # Ray Tune ignores max_concurrent_trials with a SearchGenerator: --max-concurrent is its own setting here
+        search_alg = BasicVariantGenerator(random_state=search.seed, max_concurrent=launch.compute.max_concurrent or 0)
     scheduler = None
     if search.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -76,8 +77,9 @@ def search_space(launch: Launch, context: TrialContext) -> TrialSpace:
     bases = [pack_point(c) for c in launch.points]
     param_space = {"context": context, "base": tune.grid_search(bases) if len(bases) > 1 else bases[0],
                    **{d.key: d.to_tune() for d in search.space}}
+    limit = {} if search.algorithm == "optuna" else {"max_concurrent_trials": None}  # set on the generator
     return TrialSpace(run_search_point, param_space,
-                      {"search_alg": search_alg, "scheduler": scheduler, "num_samples": search.num_samples})
+                      {"search_alg": search_alg, "scheduler": scheduler, "num_samples": search.num_samples, **limit})
 
 
 def experiment_path(launch: Launch, sweep: SweepWriter, storage: Path) -> str:
@@ -133,7 +135,7 @@ def run_tuner(launch: Launch, path: str, space: TrialSpace,
                                  tuple(d for d, values in launch.grid.items() if len(values) == 1))
         tuner = tune.Tuner(
             trainable, param_space=space.param_space,
-            tune_config=tune.TuneConfig(**space.tune_config, max_concurrent_trials=launch.compute.max_concurrent,
+            tune_config=tune.TuneConfig(**{"max_concurrent_trials": launch.compute.max_concurrent, **space.tune_config},
                                         reuse_actors=True, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(

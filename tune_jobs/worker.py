@@ -4,17 +4,21 @@
 Points an earlier attempt of the same Ray trial already finished are skipped,
 so retries and restores never duplicate a point; checkpointing studies get
 :class:`RunEpochHooks` (per-epoch metrics and checkpoints in the point's MLflow
-run, which every node reaches through the tracking server).
+run, which every node reaches through the tracking server), as do studies that
+report epochs under a scheduler (without checkpoints); studies that report epochs
+otherwise get an :class:`EpochRecorder` (the epochs become histories when the point ends).
 """
 
 from __future__ import annotations
+
+import dataclasses
 from typing import Any
 
 from core.point import NO_HOOKS, PointContext
 from record import schema
 from record.store import check_store, tracking_lost
 from record.write import SweepWriter
-from tune_jobs.point_run import PointRun, RunEpochHooks, log_model, system_metrics
+from tune_jobs.point_run import EpochRecorder, PointRun, RunEpochHooks, log_model, system_metrics
 from tune_jobs.progress import POINTS, TRACKING_LOST
 from tune_jobs.study import load_study
 from tune_jobs.trial import TrialContext, unpack_point
@@ -79,19 +83,21 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
                 pending.append((index, point, config,
                                 PointRun(writer, point, study.params(config), ray_trial, name, dims)))
         together = {}
-        if study.run_points is not None and not study.checkpoints and not interval and len(pending) > 1:
+        if study.run_points is not None and not study.checkpoints and not context.epoch_reports and not interval \
+                and len(pending) > 1:
             together = _compute_together(context, study, pending, PointContext(device=device, threads=threads))
         if not together:  # the skipped points' outcomes go now, each computed point's as it ends
             reports.release()
         for index, point, config, run in pending:
             check_store(uri, identity)  # a point's runs go nowhere else (a store gone ends the Ray trial, reported)
             hooks = _hooks(context, study, writer, run, earlier.get(point, ()), ray_trial)
+            live = isinstance(hooks, RunEpochHooks)  # its run is open, its epochs logged as they end
             try:
                 result = together.get(point)
                 if result is None:
                     point_context = PointContext(device=device, threads=threads, hooks=hooks or NO_HOOKS)
                     with (system_metrics(uri, run.open() if interval else None, interval),
-                          Watchdog(context.point_timeout, run.fail, on_long=None if hooks else run.open)):
+                          Watchdog(context.point_timeout, run.fail, on_long=None if live else run.open)):
                         result = study.run_point(config, point_context)
                 _record(context, study, writer, run, hooks, result)
             except PointTimeout:
@@ -116,12 +122,15 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
 
 
 def _hooks(context: TrialContext, study, writer: SweepWriter, run: PointRun, earlier, ray_trial: str):
-    """A checkpointing study's point: its run opens at once (continuing the newest checkpointed earlier run) and
-    gets each epoch and checkpoint (:class:`RunEpochHooks`); else None, earlier unfinished runs ended KILLED."""
-    if not study.checkpoints:
+    """A checkpointing study's point, or one that reports epochs to a scheduler: its run opens at once (continuing
+    the newest checkpointed earlier run) and gets each epoch (and checkpoint) as it ends (:class:`RunEpochHooks`).
+    Else earlier unfinished runs are ended KILLED, and a point that reports epochs gets an :class:`EpochRecorder`,
+    any other None."""
+    if not study.checkpoints and not (study.reports_epochs and context.epoch_reports):
         writer.kill_earlier(earlier)
-        return None
-    hooks = RunEpochHooks(writer, run.point, context.checkpoint_every, earlier, run.params.get("epochs"))
+        return EpochRecorder() if study.reports_epochs else None
+    hooks = RunEpochHooks(writer, run.point, context.checkpoint_every, earlier, run.params.get("epochs"),
+                          checkpoints=study.checkpoints, metric=context.metric if context.epoch_reports else None)
     hooks.run_id = run.adopt(writer.start(run.point, run.params, ray_trial, earlier=earlier,
                                           resume_run_id=hooks.resumed_run_id, resumed_epoch=hooks.resumed_epoch,
                                           run_name=run.run_name, dims=run.dims))
@@ -135,8 +144,14 @@ def _record(context: TrialContext, study, writer: SweepWriter, run: PointRun, ho
     model_id = None
     if context.log_models and result.model is not None:
         model_id = log_model(writer, run.open(), result.model)
-    run.finish(result, logged=hooks.last_logged if hooks else None, model_id=model_id)
-    if hooks is not None:
+    if isinstance(hooks, EpochRecorder):
+        result = hooks.merged(result)
+    reported = {*result.metrics, *result.histories, *(hooks.last_logged if isinstance(hooks, RunEpochHooks) else ())}
+    if context.metric is not None and context.metric not in reported:  # declared by the study, not reported
+        raise ValueError(f"the point reports no {context.metric!r} (--metric, which the search selects on) although "
+                         f"the study declares it; it reports {', '.join(map(repr, sorted(reported))) or 'nothing'}")
+    run.finish(result, logged=hooks.last_logged if isinstance(hooks, RunEpochHooks) else None, model_id=model_id)
+    if study.checkpoints:
         try:
             writer.drop_checkpoints(run.run_id, keep_latest=context.keep_checkpoints)
         except Exception as error:  # noqa: BLE001 - the point is recorded
@@ -172,8 +187,12 @@ def _compute_together(context: TrialContext, study, pending: list[tuple[int, str
                       point_context: PointContext) -> dict[str, Any]:
     """The results of ``study.run_points`` over the pending points, by point; none if it raised (each point
     then runs alone, so an error or a timeout is the point's own).  ``--point-timeout`` bounds the whole
-    computation by the points' total; their runs open RUNNING once it has run :data:`tune_jobs.watchdog.OPEN_AFTER_S`."""
+    computation by the points' total; their runs open RUNNING once it has run :data:`tune_jobs.watchdog.OPEN_AFTER_S`.
+    A study that reports epochs gets one :class:`EpochRecorder` per point (``point_context.point_hooks``): its
+    results come back with their epochs as histories."""
     runs = [run for _, _, _, run in pending]
+    recorders = [EpochRecorder() for _ in pending] if study.reports_epochs else []
+    point_context = dataclasses.replace(point_context, point_hooks=tuple(recorders))
     timeout = context.point_timeout
 
     def fail_all(error: BaseException) -> None:
@@ -195,5 +214,7 @@ def _compute_together(context: TrialContext, study, pending: list[tuple[int, str
         print(f"robustlab: {len(runs)} points computed together failed ({type(error).__name__}: {error}); "
               "computing them one by one", flush=True)
         return {}
+    if recorders:
+        results = [recorder.merged(result) for recorder, result in zip(recorders, results)]
     return {point: result for (_, point, _, _), result in zip(pending, results)}
 

@@ -77,6 +77,9 @@ STUDY = Study(
     unlogged_fields=("loss_source", "loss_params"),
     search_metrics=("val_acc",),
     search_defaults={"val_fraction": 0.1},
+    # val_acc is measured on a validation split: only a point that holds one out reports it
+    reported_metrics=lambda config: ("test_acc", "poison_fit", "robust_score", "final_train_loss",
+                                     *(("val_acc",) if config.val_fraction > 0 else ())),
     open_params={"loss": "loss_params"},
     options=(
         Option("--data-dir", "folder holding the data sets (default: $" + DATA_DIR_ENV + "; digits need none)",
