@@ -21,6 +21,7 @@ import pandas as pd
 from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, mean_std
 from analysis.trend import seed_table, trend_entry, what_survives
 from record.read import SweepRecord
+from record.schema import curve_key
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -196,8 +197,15 @@ def analyze(sweep: SweepRecord) -> AnalysisOutput:
             for name in ("r_boot", "rho_boot"):
                 if values[name] is not None:
                     metrics[f"{name}_low_{dataset}_{attack}"], metrics[f"{name}_high_{dataset}_{attack}"] = values[name]
+    # per data set, the width means as curves over the width (step = hidden_width): clean_acc_moons_by_hidden_width
+    histories: dict[str, dict[int, float]] = {}
+    for r in by_width.itertuples(index=False):
+        for name in ("clean_acc", "mean_fgsm_gap", "mean_pgd_gap"):
+            curve = histories.setdefault(curve_key(f"{name}_{r.dataset}", "hidden_width"), {})
+            curve[int(r.hidden_width)] = getattr(r, f"{name}_mean")
     return AnalysisOutput(summary=summary, table=table, findings=findings(by_width, corr),
-                          figures=_plots(evals, by_width, corr), tables={"evaluations": evals}, metrics=metrics)
+                          figures=_plots(evals, by_width, corr), tables={"evaluations": evals}, metrics=metrics,
+                          histories=histories)
 
 
 def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:

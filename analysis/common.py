@@ -41,6 +41,9 @@ class AnalysisOutput:
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # intermediate tables the checks reuse
     metrics: dict[str, float] = field(default_factory=dict)  # the findings as MLflow metrics (stable names)
+    #: findings over an integer dimension as MLflow metric histories: name (record.schema.curve_key) -> {value of the
+    #: dimension (the step): finding}, logged on the analysis run only (the UI plots them against the dimension)
+    histories: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def completeness_checks(sweep: SweepRecord) -> list[Check]:
@@ -197,6 +200,7 @@ def run_analysis(analysis: Analysis, sweep: SweepRecord, out: Path, *, validate:
 
         run_id = log_analysis_run(sweep.client, sweep.experiment_id, sweep.sweep_id, sweep.study, paths,
                                   output.metrics, provenance, sweep_name=sweep.name, findings=output.findings,
+                                  histories=output.histories,
                                   params={"confidence": CONFIDENCE, "bootstrap_resamples": N_RESAMPLES,
                                           "bootstrap_seed": BOOTSTRAP_SEED})
         print(f"\nlogged as analysis run {run_id} under sweep {sweep.sweep_id}; MLflow UI: "

@@ -21,6 +21,7 @@ import pandas as pd
 from analysis.common import Analysis, AnalysisOutput, Check, completeness_checks, group_stats, map_blocks
 from analysis.trend import seed_cube
 from record.read import SweepRecord
+from record.schema import curve_key
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -230,6 +231,24 @@ def _plots(agg: pd.DataFrame, fits: dict[int, dict], size: str, label: str, boot
     return {"accuracy_vs_poison.png": acc, "generalization_gap.png": gap, "train_vs_test.png": panels}
 
 
+def _curves(fits: dict[int, dict], intervals: dict, size: str) -> dict[str, dict[int, float]]:
+    """The per-size findings (``threshold``, ``k``, ``r2``, ``gen_gap_at_max`` and their interval ends) as curves
+    over the size, step = the size (``threshold_by_hidden_width``): only where every size is an integer."""
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) for w in fits):
+        return {}
+    curves: dict[str, dict[int, float]] = {}
+    for w, fit in fits.items():
+        for key in ("threshold", "k", "r2", "gen_gap_at_max"):
+            if fit.get(key) is not None:
+                curves.setdefault(curve_key(key, size), {})[int(w)] = fit[key]
+    for w, by_key in intervals.items():
+        for key, interval in by_key.items():
+            if interval is not None:
+                curves.setdefault(curve_key(f"{key}_ci_low", size), {})[int(w)] = interval.low
+                curves.setdefault(curve_key(f"{key}_ci_high", size), {})[int(w)] = interval.high
+    return curves
+
+
 def make_analysis(size: str = "hidden_width", label: str = "width") -> Analysis:
     """The poison-sensitivity analysis with the model size in column ``size``, called ``label`` in the outputs.
 
@@ -283,7 +302,8 @@ def make_analysis(size: str = "hidden_width", label: str = "width") -> Analysis:
             if interval is not None:
                 metrics[f"threshold_diff_ci_low_{pair}"], metrics[f"threshold_diff_ci_high_{pair}"] = interval.low, interval.high
         return AnalysisOutput(summary=summary, table=table, findings=findings(fits, label, boot),
-                              figures=_plots(agg, fits, size, label, boot), metrics=metrics)
+                              figures=_plots(agg, fits, size, label, boot), metrics=metrics,
+                              histories=_curves(fits, intervals, size))
 
     def checks(sweep: SweepRecord, output: AnalysisOutput) -> list[Check]:
         """Completeness and sanity of a finished sweep."""

@@ -99,11 +99,15 @@ class TrainedModel:
     name:   a :mod:`core.models` registry name (``resnet20``, ``mlp``, ...).
     kwargs: the builder's keyword arguments (JSON values).
     module: the trained ``torch.nn.Module``.
+    example_input: a small batch (at least 2 rows) of what the module takes, e.g. ``test_inputs[:2]``: with it the
+            logged model also gets an MLflow ``pytorch`` flavour (a ``torch.export`` program, traced on it) that
+            MLflow's own loaders read; None: the model is logged for the project's loader only.
     """
 
     name: str
     kwargs: dict[str, Any]
     module: Any
+    example_input: Any = field(default=None, compare=False)
 
 
 class EpochHooks(Protocol):

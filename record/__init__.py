@@ -5,6 +5,7 @@
 * :mod:`record.runs`: experiments and run queries;
 * :mod:`record.write`: the sweep's parent run and one run per grid point (what launching writes);
 * :mod:`record.checkpoints`: a long point's checkpoints in its own run;
+* :mod:`record.models`: a point's trained model as an MLflow logged model of its run (written, and found);
 * :mod:`record.lease`: one writer per sweep (the lease tag on its parent run);
 * :mod:`record.read`: a sweep as a typed read model (what analysis reads).
 

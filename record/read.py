@@ -241,7 +241,7 @@ def read_sweep(experiment: str, tracking_uri: str | None = None, sweep_id: str |
         start_times[run.info.run_id] = run.info.start_time
         row = {"run_id": run.info.run_id, "point": point}
         row.update({key: decode(key, text) for key, text in run.data.params.items()})
-        row.update(run.data.metrics)
+        row.update({k: v for k, v in run.data.metrics.items() if not schema.is_dim_metric(k)})  # params have them
         if schema.TAG_STOPPED in run.data.tags:
             stopped.append({**row, "stopped_early": int(run.data.tags[schema.TAG_STOPPED])})
         else:

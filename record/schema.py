@@ -10,11 +10,16 @@ Run layout (README, "Tracking schema"):
   ``robustlab.kind=point`` (``trial`` in stores written before schema version 2,
   still read: :data:`POINT_FILTER` finds both), ``robustlab.point`` (``dim=value ...``), ``robustlab.node``,
   ``robustlab.ray_trial``; flat params; final metrics at step 0 and histories
-  with ``step`` = epoch (or the index the study documents); a training
-  point's final model under ``model/`` (``state_dict.pt`` + ``model.json``);
+  with ``step`` = epoch (or the index the study documents); each numeric grid value also as the metric
+  ``dim.<name>`` at step 0 (:func:`dim_metrics`: numbers MLflow compares and orders); a training
+  point's final model as an MLflow logged model named ``model`` whose source run is the point's run
+  (``state_dict.pt`` + ``model.json``, and MLflow's ``pytorch`` flavour where the study gave an example input;
+  stores written before issue 26 hold the first two as the run's artifacts under ``model/``, still read);
   while it trains, its latest checkpoint under ``checkpoint/`` named by the
   ``robustlab.checkpoint`` tag (removed when the point finishes);
-* analysis runs nested under the sweep: ``robustlab.kind=analysis``;
+* analysis runs nested under the sweep: ``robustlab.kind=analysis``; its findings as metrics at step 0 (also on
+  the sweep), and a finding's curve over an integer dimension as a history ``<finding>_by_<dimension>`` with
+  step = the dimension's value (:func:`curve_key`; on the analysis run only);
 * every run written since version 2 carries ``robustlab.schema_version``.
 
 Values are written as text by :func:`encode` and read back by :func:`decode`
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -80,9 +86,22 @@ SCHEMA_VERSION = "2"
 GRID_PREFIX = "grid."
 TRACEBACK_ARTIFACT = "error/traceback.txt"
 CHECKPOINT_DIR = "checkpoint"
-MODEL_DIR = "model"
+MODEL_DIR = "model"  # the run artifact folder of a point's model in stores written before issue 26 (still read)
+MODEL_NAME = "model"  # a point's MLflow logged model: ``runs:/<run id>/model`` resolves to it
 MODEL_SPEC = "model.json"
 MODEL_WEIGHTS = "state_dict.pt"
+#: The logged model's params: the :mod:`core.models` registry name and the builder's arguments (JSON).
+MODEL_PARAM_REGISTRY = "registry_name"
+MODEL_PARAM_KWARGS = "kwargs"
+#: The point run's tags the logged model carries too (its row in the Models tab tells which point it is).
+MODEL_TAGS = (TAG_STUDY, TAG_SWEEP, TAG_POINT, TAG_SCHEMA_VERSION)
+
+#: A point's numeric grid (or searched) value as a metric at step 0, beside its param: ``dim.poison_fraction``.
+#: MLflow compares and orders metrics as numbers (``metrics.dim.poison_fraction >= 0.3``), params only as text.
+DIM_PREFIX = "dim."
+#: A finding's curve over an integer dimension: a metric history of the analysis run with the dimension's value as
+#: its step, named ``<finding>_by_<dimension>`` (``threshold_by_hidden_width``, step = the width).
+CURVE_INFIX = "_by_"
 
 _BASES = {int: "int", float: "float", bool: "bool", str: "str"}
 _TYPE_NAME = re.compile(r"^(?:tuple\[)?(int|float|bool|str)\]?\??$")
@@ -92,6 +111,23 @@ def metric_key(name: str) -> str:
     """``name`` as an MLflow metric key: characters other than letters, digits, ``_``, ``-`` and ``.`` become
     ``_`` (a loss file's path in a finding's name: ``test_acc_B__home_me_my_loss.py``)."""
     return re.sub(r"[^\w.\-]", "_", name)[:250]
+
+
+def dim_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values among a point's grid (or searched) ``values`` as metrics named :data:`DIM_PREFIX` + name
+    (bools, None, text, tuples and non-finite numbers are left out: they stay params only)."""
+    return {metric_key(DIM_PREFIX + name): float(value) for name, value in dict(values).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def is_dim_metric(name: str) -> bool:
+    """Whether a metric of a point's run is one of :func:`dim_metrics` (a grid value, not a measurement)."""
+    return name.startswith(DIM_PREFIX)
+
+
+def curve_key(finding: str, dimension: str) -> str:
+    """The metric name of ``finding``'s curve over ``dimension`` (see :data:`CURVE_INFIX`)."""
+    return metric_key(f"{finding}{CURVE_INFIX}{dimension}")
 
 
 class DecodeError(ValueError):

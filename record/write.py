@@ -17,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from record import checkpoints, schema
+from record import checkpoints, models, schema
 from record.runs import point_runs, point_statuses
 from record.store import StoreError
 
@@ -66,6 +66,12 @@ def result_metrics(result: Result, logged: Mapping[str, float] | None = None) ->
         for name, points in series.items():
             metrics += [Metric(name, float(v), now, int(step)) for step, v in points if math.isfinite(v)]
     return metrics
+
+
+def dim_metrics(values: Mapping[str, Any]) -> list[Metric]:
+    """A point's numeric grid values as metrics at step 0 (:func:`record.schema.dim_metrics`)."""
+    now = int(time.time() * 1000)
+    return [Metric(k, v, now, 0) for k, v in schema.dim_metrics(values).items()]
 
 
 def dataset_inputs(records: Iterable[Any]) -> list[DatasetInput]:
@@ -202,8 +208,10 @@ class SweepWriter:
         self.client.set_terminated(self.sweep_id, terminal_status(n_points, n_finished, interrupted))
 
     def start(self, point: str, params: Mapping[str, Any], ray_trial: str, earlier: Iterable = (),
-              resume_run_id: str | None = None, resumed_epoch: int | None = None, run_name: str | None = None) -> str:
-        """A RUNNING run for ``point``; ``earlier`` attempts left RUNNING are marked KILLED.
+              resume_run_id: str | None = None, resumed_epoch: int | None = None, run_name: str | None = None,
+              dims: Mapping[str, Any] = ()) -> str:
+        """A RUNNING run for ``point`` (``dims``: its grid values, see :meth:`log_params`); ``earlier`` attempts
+        left RUNNING are marked KILLED.
 
         With ``resume_run_id`` (the run holding the checkpoint of ``resumed_epoch``) that run is continued instead.
         """
@@ -216,12 +224,13 @@ class SweepWriter:
                                                        schema.TAG_RESUMED: resumed_epoch})
             return resume_run_id
         run_id = self.create(point, ray_trial, run_name)
-        self.log_params(run_id, params)
+        self.log_params(run_id, params, dims)
         return run_id
 
-    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        """The point's params (encoded) in as few writes as MLflow allows."""
-        log_flat(self.client, run_id, params=params)
+    def log_params(self, run_id: str, params: Mapping[str, Any], dims: Mapping[str, Any] = ()) -> None:
+        """The point's params (encoded) and its numeric grid values ``dims`` as ``dim.<name>`` metrics
+        (:func:`dim_metrics`) in as few writes as MLflow allows."""
+        log_flat(self.client, run_id, params=params, metrics=dim_metrics(dims))
 
     def kill_earlier(self, earlier: Iterable, keep: str | None = None) -> None:
         """Mark KILLED the ``earlier`` runs of a point left RUNNING (a dead attempt's), all but ``keep``."""
@@ -239,10 +248,13 @@ class SweepWriter:
         return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name or point).info.run_id
 
     def finish(self, run_id: str, result: Result, logged: Mapping[str, float] | None = None,
-               params: Mapping[str, Any] = ()) -> None:
+               params: Mapping[str, Any] = (), model_id: str | None = None, dims: Mapping[str, Any] = ()) -> None:
         """Log ``params`` and the result in batches and mark the run FINISHED (``logged``: see
-        :func:`result_metrics`): a run :meth:`create` just made is complete in four writes."""
-        log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=result_metrics(result, logged))
+        :func:`result_metrics`): a run :meth:`create` just made is complete in four writes. ``model_id``: the
+        point's logged model (:meth:`log_model`), which its final metrics are linked to; ``dims``: the grid values
+        to log with ``params`` (see :meth:`log_params`)."""
+        metrics = models.model_metrics(result_metrics(result, logged), model_id, result.metrics) + dim_metrics(dims)
+        log_flat(self.client, run_id, params={**dict(params), **result.params}, metrics=metrics)
         if result.datasets:
             self.log_inputs(run_id, result.datasets)
         log_artifacts(self.client, run_id, result.artifacts)
@@ -276,11 +288,10 @@ class SweepWriter:
         """See :func:`record.checkpoints.drop_checkpoints`."""
         checkpoints.drop_checkpoints(self.client, run_id, keep_latest)
 
-    def log_model(self, run_id: str, spec: Mapping[str, Any], weights_file: str) -> None:
-        """The point's trained model: ``model/state_dict.pt`` and ``model/model.json`` (how to rebuild it)."""
-        self.client.log_artifact(run_id, weights_file, schema.MODEL_DIR)
-        self.client.log_text(run_id, json.dumps(dict(spec), indent=1, sort_keys=True),
-                             f"{schema.MODEL_DIR}/{schema.MODEL_SPEC}")
+    def log_model(self, run_id: str, spec: Mapping[str, Any], write) -> str:
+        """The point's trained model as an MLflow logged model of its run; returns its id (see
+        :func:`record.models.log_point_model`)."""
+        return models.log_point_model(self.client, run_id, spec, write)
 
     def last_step(self, run_id: str) -> int:
         """The highest step of the run's metric histories so far (-1 when it has none)."""
@@ -325,12 +336,14 @@ class SweepWriter:
 def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, study: str,
                      paths: Iterable[Path], metrics: Mapping[str, float] = (),
                      provenance: Mapping[str, str] = (), *, sweep_name: str | None = None,
-                     findings: Sequence[str] = (), params: Mapping[str, Any] = ()) -> str:
+                     findings: Sequence[str] = (), params: Mapping[str, Any] = (),
+                     histories: Mapping[str, Mapping[int, float]] = ()) -> str:
     """An analysis run nested under the sweep's parent (``provenance``: its context tags), named
     ``analysis-<sweep run name>`` (``analysis-<study>`` without ``sweep_name``), with the finding sentences as its
     description, its settings (``params``) as params, the output files as artifacts and the findings as metrics;
-    the findings also go on the parent (so sweeps compare in the runs table). One ``log_batch`` each; non-finite
-    values (a fit that failed) are left out."""
+    the findings also go on the parent (so sweeps compare in the runs table); ``histories`` (a finding's curve over
+    an integer dimension: name -> {step: value}) on the analysis run only. One ``log_batch`` each (MLflow's limits
+    allowing); non-finite values (a fit that failed) are left out."""
     tags = {**dict(provenance), schema.TAG_PARENT: sweep_id, schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: study,
             schema.TAG_KIND: schema.KIND_ANALYSIS, schema.TAG_SCHEMA_VERSION: schema.SCHEMA_VERSION}
     if findings:
@@ -339,7 +352,9 @@ def log_analysis_run(client: MlflowClient, experiment_id: str, sweep_id: str, st
     now = int(time.time() * 1000)
     values = [Metric(k, float(v), now, 0) for k, v in dict(metrics).items()
               if v is not None and math.isfinite(float(v))]
-    log_flat(client, run.info.run_id, params=params, metrics=values)
+    curves = [Metric(k, float(v), now, int(step)) for k, points in dict(histories).items()
+              for step, v in points.items() if v is not None and math.isfinite(float(v))]
+    log_flat(client, run.info.run_id, params=params, metrics=values + curves)
     log_flat(client, sweep_id, metrics=values)
     for path in paths:
         client.log_artifact(run.info.run_id, str(path))

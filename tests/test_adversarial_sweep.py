@@ -48,3 +48,10 @@ def test_reduced_sweep_logs_per_epsilon_histories_and_analyses(store):
             assert -1 <= c["r"] <= 1 and 0 <= c["p_value"] <= 1 and c["ci_low"] <= c["r"] <= c["ci_high"]
     for name in ("clean_vs_robust.png", "robustness_gap.png", "param_scaling.png", "robustness_by_width.md"):
         assert (out / name).stat().st_size > 0
+    # the width means as curves over the width (issue 26): the analysis run's histories with step = hidden_width
+    [analysis] = search_all_runs(client, [experiment.experiment_id], f"tags.`{schema.TAG_KIND}` = '{schema.KIND_ANALYSIS}'")
+    for dataset in ("circles", "moons"):
+        widths = {w["hidden_width"]: w["mean_pgd_gap_mean"] for w in summary["datasets"][dataset]["widths"]}
+        curve = client.get_metric_history(analysis.info.run_id, f"mean_pgd_gap_{dataset}_by_hidden_width")
+        assert {m.step: m.value for m in curve} == widths
+    assert child.data.metrics["dim.hidden_width"] == float(child.data.params["hidden_width"])

@@ -47,6 +47,11 @@ def test_finished_points_leave_no_checkpoint_and_keep_a_model_readme_loads(store
     assert not _checkpoint_files(store["dir"]), "a checkpoint left behind"
     for run in runs:
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2, 3]
+    models = client.search_logged_models([runs[0].info.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in runs)  # MLflow logged models
+    for model in models:  # with MLflow's pytorch flavour beside the project's files
+        files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+        assert {"MLmodel", "data", "state_dict.pt", "model.json"} <= files, files
 
     example = readme_example()
     proc = subprocess.run([PYTHON, "-c", example + "\nimport torch\ntorch.save(model, 'loaded.pt')\n"

@@ -189,10 +189,11 @@ def test_checkpointing_sweep_with_no_shared_storage(cluster, server, tmp_path):
     client, runs = _point_runs(server.uri, "robust_loss")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags[schema.TAG_NODE] for r in runs} <= set(WORKERS)
+    models = {m.source_run_id: m for m in client.search_logged_models([runs[0].info.experiment_id])}
     for run in runs:
         assert schema.TAG_CHECKPOINT not in run.data.tags
-        assert {a.path for a in client.list_artifacts(run.info.run_id, schema.MODEL_DIR)} == {
-            f"{schema.MODEL_DIR}/{schema.MODEL_SPEC}", f"{schema.MODEL_DIR}/{schema.MODEL_WEIGHTS}"}
+        files = {a.path for a in client.list_logged_model_artifacts(models[run.info.run_id].model_id)}
+        assert {"MLmodel", schema.MODEL_SPEC, schema.MODEL_WEIGHTS} <= files, files  # through the server, any node
     assert not _files(Path(server.artifacts_destination), schema.CHECKPOINT_DIR), "checkpoints left behind on the server"
     assert not _files(cluster.storage, "checkpoint_000000"), "Ray Tune checkpoints on the driver's storage"
 

@@ -37,7 +37,18 @@ def test_poison_findings_are_metrics_of_the_analysis_run_and_the_parent(reduced_
     if None not in thresholds.values():
         expected["threshold_diff_w16_w32"] = thresholds["32"] - thresholds["16"]
     assert any("_ci_" in name for name in expected)
-    assert expected and analysis.data.metrics == expected and parent.data.metrics == expected
+    curves = {name for name in analysis.data.metrics if name.endswith("_by_hidden_width")}
+    assert expected and parent.data.metrics == expected
+    assert {k: v for k, v in analysis.data.metrics.items() if k not in curves} == expected
+    # each finding over width also a metric history of the analysis run, step = width (the UI plots it over width)
+    assert {f"{name}_by_hidden_width" for name in ("threshold", "k", "r2", "gen_gap_at_max")
+            if f"{name}_w16" in expected or f"{name}_w32" in expected} <= curves
+    assert {"k_by_hidden_width", "gen_gap_at_max_by_hidden_width", "k_ci_low_by_hidden_width"} <= curves
+    for name in curves:
+        by_width = {m.step: m.value for m in client.get_metric_history(analysis.info.run_id, name)}
+        stem = name[:-len("_by_hidden_width")]
+        assert by_width == {int(k.rsplit("_w", 1)[1]): v for k, v in expected.items()
+                            if k.startswith(stem + "_w") and k[len(stem) + 2:].isdigit()}, name
 
     mlflow.set_tracking_uri(store["uri"])
     try:

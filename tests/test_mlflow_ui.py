@@ -145,3 +145,24 @@ def test_the_printed_link_shows_every_sweep_of_a_store_that_lived_for_months(sto
     assert shown == names, f"the link shows {shown} of {names}"
     unfiltered = visible_text(link.partition("&searchFilter=")[0])  # the link as it was: one page of nested runs
     assert [name for name in names if name in unfiltered] != names
+
+
+def test_a_points_model_opens_in_the_models_tab(store, mlflow_ui):
+    """A point's trained model is an MLflow logged model (issue 26): listed in the experiment's Models tab with its
+    point's run as source, its page showing its params, metrics and source run, and the point's run page listing it."""
+    assert main("poison_sensitivity", ["--grid", "poison_fraction=0.2", "--grid", "hidden_width=8", "--grid", "seed=1",
+                                       "--set", "epochs=5", "--log-models", "--tracking-uri", store["uri"],
+                                       "--storage-path", store["ray"]]) == 0
+    client = MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name("poison_sensitivity").experiment_id
+    [model] = client.search_logged_models([experiment])
+    run = client.get_run(model.source_run_id)
+    base = f"{mlflow_ui}/#/experiments/{experiment}"
+    models_tab = visible_text(f"{base}/models?workflowType=machine_learning", store["dir"] / "models.png")
+    assert re.search(rf"\bmodel Ready\b.*{re.escape(run.info.run_name)}", models_tab), models_tab[:3000]
+    model_page = visible_text(f"{base}/models/{model.model_id}", store["dir"] / "model.png")
+    for shown in (model.model_id, "registry_name mlp", f"Source run {run.info.run_name}", "Register model",
+                  f"test_acc - {run.info.run_name} {run.data.metrics['test_acc']!r}"[:60]):
+        assert shown in model_page, (shown, model_page[:3000])
+    run_page = visible_text(f"{base}/runs/{run.info.run_id}")
+    assert "Logged models (1)" in run_page and "dim.poison_fraction 0.2" in run_page, run_page[:3000]

@@ -39,9 +39,10 @@ def _run(sweep, point):
 
 def test_a_short_point_is_written_whole_and_an_opened_one_the_same(sweep):
     params = sweep["study"].params(sweep["config"])
-    whole = PointRun(sweep["writer"], "short", params, "trial-1", "short")
+    dims = {"poison_fraction": 0.0, "hidden_width": 8, "seed": 42, "flag": True, "name": "x"}
+    whole = PointRun(sweep["writer"], "short", params, "trial-1", "short", dims)
     whole.finish(sweep["result"])
-    opened = PointRun(sweep["writer"], "long", params, "trial-1", "long")
+    opened = PointRun(sweep["writer"], "long", params, "trial-1", "long", dims)
     assert sweep["client"].get_run(opened.open()).info.status == "RUNNING"
     opened.open()  # a second open (the watchdog's, then the model's) writes nothing new
     opened.finish(sweep["result"])
@@ -54,6 +55,9 @@ def test_a_short_point_is_written_whole_and_an_opened_one_the_same(sweep):
         history = sweep["client"].get_metric_history(run.info.run_id, "train_loss")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == sweep["result"].histories["train_loss"]
     assert short.data.metrics == long.data.metrics and set(short.data.metrics) >= set(sweep["study"].metrics)
+    # the numeric grid values as numbers too (issue 26): bools and text stay params only
+    assert {k: v for k, v in short.data.metrics.items() if k.startswith("dim.")} == {
+        "dim.poison_fraction": 0.0, "dim.hidden_width": 8.0, "dim.seed": 42.0}
 
 
 def test_a_point_that_fails_before_its_run_exists_gets_a_failed_run_with_its_params(sweep):

@@ -73,6 +73,8 @@ def test_optuna_tunes_a_loss_hyperparameter_on_a_validation_split(store, capsys)
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     qs = [float(r.data.params["loss.q"]) for r in children]
     assert len(set(qs)) == 4 and all(0.1 <= q <= 1.0 for q in qs)
+    assert [r.data.metrics["dim.loss.q"] for r in children] == qs, "the sampled number, queryable as one"
+    assert all(r.data.metrics["dim.seed"] == 42 for r in children)
     assert all(r.data.params["val_fraction"] == "0.1" and int(r.data.params["val_size"]) > 0 for r in children)
     top = max(r.data.metrics["val_acc"] for r in children)  # a tie goes to the run that started first
     best = min((r for r in children if r.data.metrics["val_acc"] == top), key=lambda r: (r.info.start_time, r.info.run_id))

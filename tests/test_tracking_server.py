@@ -66,6 +66,14 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
                                           schema.POINT_FILTER)[0]
         assert "poisoned_indices.json" in {a.path for a in client.list_artifacts(robust.info.run_id)}
         assert len(client.get_metric_history(robust.info.run_id, "test_acc")) == 2
+        # its trained model: an MLflow logged model whose files went through the server, loaded back safely
+        from analysis.models import load_model
+
+        [model] = [m for m in client.search_logged_models([robust.info.experiment_id])
+                   if m.source_run_id == robust.info.run_id]
+        files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+        assert {"MLmodel", schema.MODEL_SPEC, schema.MODEL_WEIGHTS} <= files, files
+        assert not load_model(robust.info.run_id, server.uri).training
         assert (tmp_path / "server-artifacts").exists(), "artifacts went through the server's proxy"
     assert not _group_alive(group), "stopping the server stops its whole process group"
 

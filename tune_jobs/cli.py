@@ -138,7 +138,7 @@ def _output_flags(parser: argparse.ArgumentParser, study: Study) -> None:
     """What each point leaves in its run, and the analysis after the sweep."""
     m = parser.add_argument_group("models, checkpoints and outputs")
     m.add_argument("--log-models", action=argparse.BooleanOptionalAction, default=study.log_models,
-                   help="log each finished point's trained model to its run as model/state_dict.pt + model.json "
+                   help="log each finished point's trained model as an MLflow logged model of its run "
                         "(default: " + ("on" if study.log_models else "off") + " for this study)")
     default_interval = f"every {study.system_metrics:g} s" if study.system_metrics else "0, off"
     m.add_argument("--system-metrics", type=float, default=study.system_metrics, metavar="SECONDS",

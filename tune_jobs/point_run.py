@@ -155,17 +155,48 @@ class EpochRecorder:
         return dataclasses.replace(result, histories={**self.epochs, **result.histories})
 
 
-def log_model(writer: SweepWriter, run_id: str, model: TrainedModel) -> None:
-    """The point's trained model as ``model/state_dict.pt`` (tensors only) and ``model/model.json``."""
+def log_model(writer: SweepWriter, run_id: str, model: TrainedModel) -> str:
+    """The point's trained model as an MLflow logged model of its run (:func:`record.models.log_point_model`):
+    ``state_dict.pt`` (tensors only) and ``model.json`` for the project's loader, plus MLflow's ``pytorch`` flavour
+    in its ``pt2`` format (a ``torch.export`` program, which MLflow can check holds no pickle) where the study gave an
+    example input and the module exports; returns the model id."""
     import torch
 
     spec = {"registry_name": model.name, "kwargs": model.kwargs, "torch": torch.__version__,
-            "load": "analysis.models.load_model(run_id), or core.models.build_model(registry_name, **kwargs) "
+            "load": "analysis.models.load_model(run_id or 'models:/<model id>'), or "
+                    "core.models.build_model(registry_name, **kwargs) "
                     "then load_state_dict(torch.load(state_dict.pt, weights_only=True))"}
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, MODEL_WEIGHTS)
-        torch.save({k: v.detach().to("cpu") for k, v in model.module.state_dict().items()}, path)
-        writer.log_model(run_id, spec, path)
+    weights = {k: v.detach().to("cpu") for k, v in model.module.state_dict().items()}
+
+    def write(folder, mlflow_model) -> None:
+        if model.example_input is not None:
+            _save_mlflow_flavour(model, folder, mlflow_model)
+        folder.mkdir(exist_ok=True)
+        torch.save(weights, folder / MODEL_WEIGHTS)
+
+    return writer.log_model(run_id, spec, write)
+
+
+def _save_mlflow_flavour(model: TrainedModel, folder, mlflow_model) -> None:
+    """MLflow's ``pytorch`` flavour of ``model`` in ``folder`` (``MLmodel``, ``data/model.pt2``, its signature
+    from the example input); a module that does not export is logged without it (said on the console)."""
+    import copy
+    import shutil
+
+    import mlflow.pytorch
+    import torch
+
+    module = copy.deepcopy(model.module).to("cpu").eval()
+    example = torch.as_tensor(model.example_input).detach().to("cpu").numpy()
+    try:
+        with torch.no_grad():
+            mlflow.pytorch.save_model(module, str(folder), mlflow_model=mlflow_model, serialization_format="pt2",
+                                      input_example=example,
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    except Exception as error:  # noqa: BLE001 - the project's loader still has what it needs
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"robustlab: the model of run {mlflow_model.run_id} has no MLflow flavour "
+              f"({type(error).__name__}: {str(error)[:300]}); analysis.models.load_model still loads it", flush=True)
 
 
 @contextlib.contextmanager
@@ -206,8 +237,9 @@ class PointRun:
 
 
     def __init__(self, writer: SweepWriter, point: str, params: dict[str, Any], ray_trial: str,
-                 run_name: str | None) -> None:
+                 run_name: str | None, dims: dict[str, Any] | None = None) -> None:
         self.writer, self.point, self.params, self.ray_trial, self.run_name = writer, point, params, ray_trial, run_name
+        self.dims = dims or {}  # the point's grid values: numeric ones are also logged as dim.<name> metrics
         self.run_id: str | None = None
         self._lock = threading.Lock()
         self._params_logged = False
@@ -218,7 +250,7 @@ class PointRun:
             if self.run_id is None:
                 self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
             if not self._params_logged:
-                self.writer.log_params(self.run_id, self.params)
+                self.writer.log_params(self.run_id, self.params, self.dims)
                 self._params_logged = True
             return self.run_id
 
@@ -228,13 +260,15 @@ class PointRun:
             self.run_id, self._params_logged = run_id, True
             return run_id
 
-    def finish(self, result, logged: dict[str, float] | None = None) -> None:
+    def finish(self, result, logged: dict[str, float] | None = None, model_id: str | None = None) -> None:
         """Log the result and mark the run FINISHED (params and result in one batch for a run not yet open;
-        ``logged``: see :func:`record.write.result_metrics`)."""
+        ``logged``: see :func:`record.write.result_metrics`; ``model_id``: its logged model)."""
         with self._lock:
             if self.run_id is None:
                 self.run_id = self.writer.create(self.point, self.ray_trial, self.run_name)
-            self.writer.finish(self.run_id, result, logged=logged, params={} if self._params_logged else self.params)
+            fresh = not self._params_logged
+            self.writer.finish(self.run_id, result, logged=logged, params=self.params if fresh else {},
+                               model_id=model_id, dims=self.dims if fresh else {})
             self._params_logged = True
 
     def fail(self, error: BaseException) -> None:

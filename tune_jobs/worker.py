@@ -79,7 +79,9 @@ def _compute(context: TrialContext, study, points: list[tuple[str, Any]]) -> Non
                 reports.send({"point": point, "status": "skipped", "points_done": index + 1})
             else:
                 name = study.run_name(point, getattr(context, "single_dims", ()))  # one-valued grid dims last
-                pending.append((index, point, config, PointRun(writer, point, study.params(config), ray_trial, name)))
+                dims = {d: study.value(config, d) for d in (*study.grid, *context.space_keys)}  # grid, then searched
+                pending.append((index, point, config,
+                                PointRun(writer, point, study.params(config), ray_trial, name, dims)))
         together = {}
         if study.run_points is not None and not study.checkpoints and not context.epoch_reports and not interval \
                 and len(pending) > 1:
@@ -131,7 +133,7 @@ def _hooks(context: TrialContext, study, writer: SweepWriter, run: PointRun, ear
                           checkpoints=study.checkpoints, metric=context.metric if context.epoch_reports else None)
     hooks.run_id = run.adopt(writer.start(run.point, run.params, ray_trial, earlier=earlier,
                                           resume_run_id=hooks.resumed_run_id, resumed_epoch=hooks.resumed_epoch,
-                                          run_name=run.run_name))
+                                          run_name=run.run_name, dims=run.dims))
     return hooks
 
 
@@ -139,15 +141,16 @@ def _record(context: TrialContext, study, writer: SweepWriter, run: PointRun, ho
     """A computed point's result checked and recorded: its model if asked, its run FINISHED, its checkpoints
     dropped (a leftover checkpoint only takes disk: said, not fatal)."""
     study.check_result(result)
+    model_id = None
     if context.log_models and result.model is not None:
-        log_model(writer, run.open(), result.model)
+        model_id = log_model(writer, run.open(), result.model)
     if isinstance(hooks, EpochRecorder):
         result = hooks.merged(result)
     reported = {*result.metrics, *result.histories, *(hooks.last_logged if isinstance(hooks, RunEpochHooks) else ())}
     if context.metric is not None and context.metric not in reported:  # declared by the study, not reported
         raise ValueError(f"the point reports no {context.metric!r} (--metric, which the search selects on) although "
                          f"the study declares it; it reports {', '.join(map(repr, sorted(reported))) or 'nothing'}")
-    run.finish(result, logged=hooks.last_logged if isinstance(hooks, RunEpochHooks) else None)
+    run.finish(result, logged=hooks.last_logged if isinstance(hooks, RunEpochHooks) else None, model_id=model_id)
     if study.checkpoints:
         try:
             writer.drop_checkpoints(run.run_id, keep_latest=context.keep_checkpoints)

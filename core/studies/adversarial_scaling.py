@@ -178,7 +178,7 @@ def _run(config: AdversarialScalingConfig) -> PointResult:
         params={"param_count": count_parameters(model)},
         artifacts={"robustness.csv": robustness_csv(config.epsilons, fgsm_acc, pgd_acc, fgsm_gap, pgd_gap)},
         model=TrainedModel("mlp", {"in_features": 2, "hidden_widths": [config.hidden_width] * 2, "num_classes": 2},
-                           model),
+                           model, x_test[:2]),
         datasets=(generated(config.dataset, f"core.synthetic.{config.dataset}", n_samples=config.n_samples,
                             noise=config.noise, seed=config.seed),),
     )

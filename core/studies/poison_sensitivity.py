@@ -187,5 +187,5 @@ def _result(config: PoisonSensitivityConfig, model: nn.Module, split: PoisonedSp
     result = measure(model, split, train_loss)
     result.datasets = (dataset(config),)
     result.model = TrainedModel("mlp", {"in_features": config.n_features, "hidden_widths": [config.hidden_width],
-                                        "num_classes": config.n_classes}, model)
+                                        "num_classes": config.n_classes}, model, split.test_inputs[:2])
     return result

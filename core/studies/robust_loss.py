@@ -383,7 +383,8 @@ def _run(config: RobustLossConfig, hooks: EpochHooks, device: torch.device) -> P
                 "indices": poisoned_indices.tolist(),
             }
         },
-        model=TrainedModel(benchmark.model, {"num_classes": data.num_classes}, model),
+        model=TrainedModel(benchmark.model, {"num_classes": data.num_classes}, model,
+                           augmenter.test_batch(test_images, test_eval[:2])),  # what the model takes: normalised
         datasets=(from_files(data.name, data.source, data.files,
                              "local" if benchmark.dataset != "digits" else "code"),),
     )
