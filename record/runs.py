@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING
 
 from record.schema import (EXPERIMENT_KIND_TRAINING, KIND_SWEEP, POINT_FILTER, TAG_EXPERIMENT_KIND, TAG_KIND,
                            TAG_POINT, TAG_RAY_TRIAL, TAG_STUDY, TAG_SWEEP)
+from record.store import artifact_root
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """For a SQLite store, keep artifacts beside the database (``<db dir>/artifacts/<experiment>``)."""
+    """For a SQLite store, keep artifacts beside the database (``<artifact_root>/<experiment>``)."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.parent / "artifacts" / experiment).resolve().as_uri()
+        return (artifact_root(db) / experiment).resolve().as_uri()
     return None
 
 

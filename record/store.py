@@ -56,6 +56,12 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def artifact_root(db: Path) -> Path:
+    """Where a SQLite store's artifacts live, beside its database: ``artifacts/`` for ``mlflow.db`` (the default
+    store), ``<name>-artifacts/`` for any other ``<name>.db``, so that two stores in one folder share no files."""
+    return db.parent / ("artifacts" if db.name == "mlflow.db" else f"{db.stem}-artifacts")
+
+
 def private_folder(path: Path, what: str) -> Path:
     """``path`` created if missing (readable by the user only) and checked writable by a real write."""
     try:
@@ -71,7 +77,7 @@ def prepare_store(uri: str) -> tuple[int, int] | None:
     """Before a launch writes to a SQLite store: its folder and database exist, are private and writable; returns
     the database file's identity (:func:`store_identity`), which the launch's workers check before writing.
 
-    A new folder (and its ``artifacts/``) is created ``0700`` and a new
+    A new folder (and its artifact folder, :func:`artifact_root`) is created ``0700`` and a new
     database file ``0600`` (MLflow would leave them readable by everyone),
     whole (:func:`create_store`); other stores are left to their server. Only
     the launching process creates a store: its workers open the file this
@@ -81,7 +87,7 @@ def prepare_store(uri: str) -> tuple[int, int] | None:
     if db is None:
         return None
     private_folder(db.parent, "the tracking store's folder")
-    private_folder(db.parent / "artifacts", "the tracking store's artifact folder")
+    private_folder(artifact_root(db), "the tracking store's artifact folder")
     if not db.exists():
         create_store(db)
     if not os.access(db, os.R_OK | os.W_OK):

@@ -242,3 +242,24 @@ def test_the_recorded_grid_compares_as_values_not_text(tmp_path, param_types):
     assert grid == {"hidden_width": (8, 16), "poison_fraction": (0, 0.5)}  # "0,0.5" as text would differ
     assert all(type(v) is int for v in grid["hidden_width"]) and type(grid["poison_fraction"][0]) is float
     assert grid == read_sweep("toy", uri).grid
+
+
+def test_two_sqlite_stores_in_one_folder_share_no_artifact_files(tmp_path):
+    """Issue 25 item 7: ``a.db`` and ``b.db`` side by side, each with experiment 'toy': their artifacts land in
+    ``a-artifacts/`` and ``b-artifacts/``; the default ``mlflow.db`` keeps ``artifacts/``."""
+    from mlflow.tracking import MlflowClient
+
+    from record.runs import get_or_create_experiment
+    from record.store import prepare_store
+
+    written = {}
+    for name in ("a.db", "b.db", "mlflow.db"):
+        uri = f"sqlite:///{tmp_path / name}"
+        prepare_store(uri)
+        client = MlflowClient(uri)
+        run_id = client.create_run(get_or_create_experiment(client, "toy", uri)).info.run_id
+        client.log_text(run_id, name, "which.txt")
+        written[name] = sorted(p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("which.txt")
+                               if p.read_text() == name)
+    assert written == {"a.db": ["a-artifacts"], "b.db": ["b-artifacts"], "mlflow.db": ["artifacts"]}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["a-artifacts", "artifacts", "b-artifacts"]
