@@ -100,9 +100,34 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
+#: Where ``out_dir`` keeps an earlier sweep's results when another sweep's are written there.
+EARLIER = "earlier"
+
+
+def keep_earlier(out_dir: Path, sweep_id: str) -> Path | None:
+    """If ``out_dir`` holds another sweep's results (its ``summary.json`` names another sweep id), move them into
+    ``out_dir/earlier/<that sweep id>/`` and return that folder; results are never overwritten by another sweep's."""
+    try:
+        earlier_id = json.loads((out_dir / "summary.json").read_text())["sweep_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if earlier_id == sweep_id:
+        return None
+    kept = out_dir / EARLIER / str(earlier_id)
+    kept.mkdir(parents=True, exist_ok=True)
+    for path in out_dir.iterdir():
+        if path.name != EARLIER:
+            path.replace(kept / path.name)
+    return kept
+
+
 def write_outputs(output: AnalysisOutput, out_dir: Path, table_name: str) -> list[Path]:
-    """summary.json, ``<table_name>.md`` / ``.csv`` and the figures as PNG files in ``out_dir``."""
+    """summary.json, ``<table_name>.md`` / ``.csv`` and the figures as PNG files in ``out_dir`` (another sweep's
+    results there move to ``out_dir/earlier/<its sweep id>/`` first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    kept = keep_earlier(out_dir, str(output.summary.get("sweep_id", "")))
+    if kept is not None:
+        print(f"{out_dir} held another sweep's results: moved to {kept}")
     summary = dict(output.summary, findings=output.findings)
     paths = [out_dir / "summary.json", out_dir / f"{table_name}.md", out_dir / f"{table_name}.csv"]
     paths[0].write_text(json.dumps(_clean_json(json.loads(json.dumps(summary, default=_json_default))), indent=2) + "\n")

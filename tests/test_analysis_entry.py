@@ -115,3 +115,29 @@ def test_an_unknown_study_exits_2_with_one_line_naming_it(tmp_path, args, messag
     assert proc.returncode == 2 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1, \
         proc.stderr
     assert not (tmp_path / "mlruns").exists(), "nothing is created"
+
+
+def test_another_sweeps_results_move_to_earlier_and_are_never_overwritten(tmp_path, capsys):
+    """Issue 26 item 7: results/EXPERIMENT/ holds the latest analysed sweep; an earlier sweep's files move to
+    results/EXPERIMENT/earlier/<its sweep id>/ (the same sweep analysed again is simply rewritten)."""
+    import json
+
+    import pandas as pd
+
+    from analysis.common import AnalysisOutput, write_outputs
+
+    def write(sweep_id, value):
+        output = AnalysisOutput(summary={"sweep_id": sweep_id}, table=pd.DataFrame({"x": [value]}), findings=[])
+        write_outputs(output, tmp_path / "results", table_name="table")
+
+    write("first", 1)
+    write("first", 2)
+    assert not (tmp_path / "results" / "earlier").exists(), "the same sweep again is rewritten in place"
+    write("second", 3)
+    write("third", 4)
+    assert json.loads((tmp_path / "results" / "summary.json").read_text())["sweep_id"] == "third"
+    for sweep_id, value in (("first", 2), ("second", 3)):
+        kept = tmp_path / "results" / "earlier" / sweep_id
+        assert json.loads((kept / "summary.json").read_text())["sweep_id"] == sweep_id
+        assert pd.read_csv(kept / "table.csv")["x"].tolist() == [value]
+    assert "held another sweep's results: moved to" in capsys.readouterr().out
