@@ -7,7 +7,10 @@ import json
 import os
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -46,11 +49,26 @@ def drop_checkpoints(client: MlflowClient, run_id: str, keep_latest: bool = Fals
     if not keep_latest:
         repository.delete_artifacts(schema.CHECKPOINT_DIR)
         client.delete_tag(run_id, schema.TAG_CHECKPOINT)
+        _prune_empty_folders(run.info.artifact_uri)
         return
     latest = note["path"].split("/")[1]
     for entry in client.list_artifacts(run_id, schema.CHECKPOINT_DIR):
         if entry.path != f"{schema.CHECKPOINT_DIR}/{latest}":
             repository.delete_artifacts(entry.path)
+
+
+def _prune_empty_folders(artifact_uri: str) -> None:
+    """MLflow's local artifact repository deletes a folder but not the folders above it left empty: remove the run's
+    artifact folder and the run's folder when nothing is left in them (a store behind a server keeps its own)."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return
+    folder = Path(urllib.request.url2pathname(parsed.path))
+    for empty in (folder, folder.parent):
+        try:
+            empty.rmdir()  # only an empty folder goes
+        except OSError:
+            return
 
 
 #: The artifact paths a checkpoint tag may name: a file directly in one of the run's two slots.

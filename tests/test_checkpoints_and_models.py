@@ -14,8 +14,9 @@ from core.studies.robust_loss import BENCHMARKS, RobustLossConfig
 from core.training import accuracy
 from core.vision_data import DATASETS, load_dataset
 from record import schema
-from record.runs import search_all_runs
-from record.checkpoints import checkpoint_note
+from record.runs import get_or_create_experiment, search_all_runs
+from record.checkpoints import checkpoint_note, drop_checkpoints, save_checkpoint
+from record.store import artifact_root
 from tune_jobs.runner import main
 
 COMMON = ["--grid", "loss=cross_entropy,symmetric_ce", "--grid", "seed=42", "--set", "epochs=4", "--checkpoint-every", "1"]
@@ -45,6 +46,8 @@ def test_finished_points_leave_no_checkpoint_and_keep_a_model_readme_loads(store
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(schema.TAG_CHECKPOINT not in r.data.tags for r in runs)
     assert not _checkpoint_files(store["dir"]), "a checkpoint left behind"
+    artifacts = artifact_root(store["dir"] / "mlflow.db")
+    assert not [p for p in artifacts.rglob("*") if p.is_dir() and not any(p.iterdir())], "empty folders left behind"
     for run in runs:
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2, 3]
     models = client.search_logged_models([runs[0].info.experiment_id])
@@ -71,6 +74,19 @@ def test_finished_points_leave_no_checkpoint_and_keep_a_model_readme_loads(store
     with torch.no_grad():
         predictions = model(augmenter.test_batch(images, torch.arange(len(labels)))).argmax(1)
     assert accuracy(predictions, labels) == best.data.metrics["test_acc"], "the logged model is the one measured"
+
+
+def test_a_run_whose_only_artifacts_were_checkpoints_leaves_no_empty_folder(store, tmp_path):
+    client = MlflowClient(store["uri"])
+    run_id = client.create_run(get_or_create_experiment(client, "own", store["uri"])).info.run_id
+    state = tmp_path / "point_state.pt"
+    state.write_bytes(b"state")
+    for epoch, slot in enumerate("ab"):
+        save_checkpoint(client, run_id, str(state), slot, epoch, "node")
+    drop_checkpoints(client, run_id)
+    experiment_folder = artifact_root(store["dir"] / "mlflow.db") / "own"  # the experiment's: it stays
+    assert not [p for p in experiment_folder.rglob("*") if p.is_dir() and not any(p.iterdir())], "empty run folders"
+    assert client.list_artifacts(run_id) == [] and schema.TAG_CHECKPOINT not in client.get_run(run_id).data.tags
 
 
 def test_keep_checkpoints_keeps_only_the_latest(store):
