@@ -274,6 +274,9 @@ def test_the_team_server_refuses_a_taken_port_and_open_hosts_without_authenticat
     proc = subprocess.run([*server, "--host", "0.0.0.0", "--port", str(free_port())], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "needs authentication: set MLFLOW_AUTH_ADMIN_PASSWORD" in proc.stderr
+    proc = subprocess.run([*server, "--workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "--workers must be >= 1, got 0" in proc.stderr
 
     port = free_port()
     env["MLFLOW_AUTH_ADMIN_PASSWORD"] = "a-long-admin-password-1"

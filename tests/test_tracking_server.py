@@ -28,7 +28,7 @@ def listening_addresses(port: int) -> set[str]:
     return {m.group(1) for line in lines if (m := re.search(r"\s(\S+):" + str(port) + r"\s", line))}
 
 
-def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch):
+def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     port = free_port()
     server = TrackingServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "server-artifacts"), port=port,
@@ -42,6 +42,8 @@ def test_sweeps_over_http_reach_the_server_with_artifacts(tmp_path, monkeypatch)
         assert main("poison_sensitivity", ["--grid", "poison_fraction=0,0.5", "--grid", "hidden_width=8",
                                            "--grid", "seed=1", "--set", "epochs=5", "--experiment", "ps-http",
                                            *common]) == 0
+        said = capfd.readouterr()
+        assert "View run" not in said.out + said.err, "MLflow's link line per run (one more request each)"
         assert run_analysis(POISON_ANALYSIS, read_sweep("ps-http", server.uri, study="poison_sensitivity"),
                             tmp_path / "ps") == 0
         assert main("adversarial_scaling", ["--grid", "hidden_width=8", "--grid", "seed=1",

@@ -109,8 +109,11 @@ def _ray_settings() -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
-#: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry.
+#: Off unless the user turns them on: Ray's usage statistics and MLflow's telemetry; and MLflow's "View run ... at"
+#: line, which its client prints (after one more request to a tracking server: a whole run read) each time a run
+#: ends, a line per point on the console: the launcher prints the sweep's link once.
 PRIVATE_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "",
                     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
 
@@ -120,7 +123,8 @@ CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def set_private_defaults(tracking_timeout_s: float) -> None:
-    """Telemetry off, and MLflow's HTTP retries bounded by ``tracking_timeout_s`` (each only if the user set none).
+    """Telemetry and MLflow's per-run link line off, and MLflow's HTTP retries bounded by ``tracking_timeout_s`` (each
+    only if the user set none).
 
     MLflow retries a request with exponential backoff (urllib3: no wait, then
     2, 4, 8, ... s). Up to 7 retries (MLflow's own default) take waits of at

@@ -30,8 +30,9 @@ class TrackingServer:
 
     def __init__(self, backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1",
                  port: int = 5000, allowed_hosts: str | None = None, log_file: Path | None = None,
-                 auth_config: Path | None = None) -> None:
+                 auth_config: Path | None = None, workers: int = 1) -> None:
         self.auth_config = auth_config
+        self.workers = workers
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
         self.host = host
@@ -49,7 +50,7 @@ class TrackingServer:
         """Start the server and wait until ``/health`` answers."""
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
                    "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
-                   "--host", self.host, "--port", str(self.port), "--workers", "1"]
+                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
         if self.allowed_hosts:
             command += ["--allowed-hosts", self.allowed_hosts]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -146,6 +147,11 @@ def write_auth_config(folder: Path) -> Path:
     return path
 
 
+def default_workers() -> int:
+    """MLflow's own default (4 worker processes), at most one per CPU of this machine."""
+    return min(4, os.cpu_count() or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_jobs.tracking_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="interface to listen on (default: %(default)s; use the machine's address or 0.0.0.0 "
                              "for a team, with --allowed-hosts)")
     parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="server processes answering requests at once; each point's run is a few requests, so "
+                             "a sweep's Ray trials wait on one process alone (default: %(default)s, MLflow's 4 or one "
+                             "per CPU if fewer)")
     parser.add_argument("--allowed-hosts", default=None,
                         help="Host headers the server accepts when it listens beyond loopback, e.g. 'mlflow.lab:5000'")
     parser.add_argument("--auth", action="store_true",
@@ -167,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="listen beyond loopback without authentication: anyone who reaches the port can read "
                              "and change every run")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        print(f"error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
     os.umask(0o077)  # what the server creates (its databases, log, artifacts) is readable by its owner only
     auth = args.auth or (not is_loopback(args.host) and not args.insecure)
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         write_ahead_log(database)
     server = TrackingServer(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                             args.allowed_hosts, log_file=store / "server.log",
-                            auth_config=write_auth_config(store) if auth else None)
+                            auth_config=write_auth_config(store) if auth else None, workers=args.workers)
     # SIGTERM (or Ctrl-C) while the server starts stops it too: its process group would outlive this process
     signal.signal(signal.SIGTERM, _interrupt)
     try:
