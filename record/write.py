@@ -294,10 +294,11 @@ class SweepWriter:
         return models.log_point_model(self.client, run_id, spec, write)
 
     def last_step(self, run_id: str) -> int:
-        """The highest step of the run's metric histories so far (-1 when it has none)."""
+        """The last epoch the run's metric histories hold so far (-1 when none). Its grid values (``dim.*``, at step
+        0) and MLflow's system metrics (``system/*``, a step per sample) are not epochs."""
         run = self.client.get_run(run_id)
-        name = next(iter(run.data.metrics), None)
-        return -1 if name is None else max(m.step for m in self.client.get_metric_history(run_id, name))
+        names = [name for name in run.data.metrics if not schema.is_dim_metric(name) and not name.startswith("system/")]
+        return max((m.step for name in names for m in self.client.get_metric_history(run_id, name)), default=-1)
 
     def stop_early(self, run_id: str, epochs_done: int) -> None:
         """A point a scheduler stopped: FINISHED, tagged with the epochs it trained, its checkpoints deleted."""

@@ -60,6 +60,19 @@ def test_a_short_point_is_written_whole_and_an_opened_one_the_same(sweep):
         "dim.poison_fraction": 0.0, "dim.hidden_width": 8.0, "dim.seed": 42.0}
 
 
+def test_the_last_logged_epoch_is_read_from_the_histories_not_grid_values_or_system_metrics(sweep):
+    """What a retried or resumed long point continues after: a run holding dim.* (step 0, named first) and MLflow's
+    system metrics (a step per sample) beside epochs 0 and 1 has logged through epoch 1."""
+    writer, client = sweep["writer"], sweep["client"]
+    run_id = writer.start("long", {"hidden_width": 8}, "trial-1", dims={"a_dim": 3})
+    assert writer.last_step(run_id) == -1, "grid values are not epochs"
+    for epoch in (0, 1):
+        writer.log_step(run_id, epoch, {"train_loss": 1.0 / (epoch + 1), "test_acc": 0.5})
+    for sample in range(5):
+        client.log_metric(run_id, "system/cpu_utilization_percentage", 10.0, step=sample)
+    assert writer.last_step(run_id) == 1
+
+
 def test_a_point_that_fails_before_its_run_exists_gets_a_failed_run_with_its_params(sweep):
     run = PointRun(sweep["writer"], "broken", {"hidden_width": 8}, "trial-1", None)
     run.fail(ValueError("lr=5 diverged"))
