@@ -17,7 +17,7 @@ itself in this process, in CPU time (which other work on the machine hardly chan
 recorded as a worker records them (``PointRun.finish`` on a fresh SQLite store), final metrics only against the
 epochs reported through an ``EpochRecorder`` and written as histories.
 
-    python benchmarks/epoch_reporting.py              # 2 pairs
+    python benchmarks/epoch_reporting.py              # 4 pairs (about 2.5 minutes here)
     python benchmarks/epoch_reporting.py --repeats 1
 """
 
@@ -137,7 +137,7 @@ def record_cost(folder: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2, help="pairs of launches (default: 2)")
+    parser.add_argument("--repeats", type=int, default=4, help="pairs of launches (default: 4)")
     args = parser.parse_args()
     times: dict[str, list[float]] = {"FINAL": [], "EPOCHS": []}
     with tempfile.TemporaryDirectory() as tmp:
