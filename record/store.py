@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,25 +103,23 @@ def create_store(db: Path) -> None:
     MLflow creates a store's tables on first open, in dozens of migrations over
     seconds; another process opening the same new file meanwhile (a plain
     ``mlflow.search_runs``) runs them too, and whoever comes second to a step
-    fails (or leaves the file half-migrated). So the tables are created in a
-    private file beside it, which then takes the store's name only if nothing is
-    there yet (a hard link: atomic, never overwriting). Whoever opens the path
-    finds nothing or a complete store; a disk that fills leaves nothing. If
-    another process created the store first, its file is kept (opening it waits
-    for its tables: :func:`record.runs.open_client`).
+    fails (or leaves the file half-migrated). So the tables are written to a
+    private file beside it (a copy of :func:`empty_store`), which then takes the
+    store's name only if nothing is there yet (a hard link: atomic, never
+    overwriting). Whoever opens the path finds nothing or a complete store; a
+    disk that fills leaves nothing. If another process created the store first,
+    its file is kept (opening it waits for its tables:
+    :func:`record.runs.open_client`).
     """
-    import sqlalchemy
-    from mlflow.store.db.utils import _initialize_tables  # what MLflow's first client runs on an empty database
-
     building = db.with_name(f"{db.name}.new-{os.getpid()}")
     try:
         building.unlink(missing_ok=True)  # a killed launch's leftover with this pid
         os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        engine = sqlalchemy.create_engine(f"sqlite:///{building}")
-        try:
-            _initialize_tables(engine)  # in SQLite's default journal mode: every commit is in the file itself
-        finally:
-            engine.dispose()
+        template = empty_store()
+        if template is None:
+            _write_tables(building)
+        else:
+            shutil.copyfile(template, building)
         os.link(building, db)
     except FileExistsError:
         pass  # another process created the store meanwhile
@@ -133,6 +132,48 @@ def create_store(db: Path) -> None:
     finally:
         for leftover in (building, building.with_name(building.name + "-journal")):
             leftover.unlink(missing_ok=True)
+
+
+def empty_store() -> Path | None:
+    """An empty SQLite store with MLflow's tables (no experiment yet: MLflow adds its "Default" experiment, with
+    the store's own artifact location, when a client first opens a store), built once per MLflow version in the
+    user's cache (``$XDG_CACHE_HOME/robustlab``, else ``~/.cache/robustlab``): a new store is a copy of it (a few
+    milliseconds), not the dozens of migrations that write those tables (seconds). None where the cache cannot be
+    written; a template is built in a private file and takes its name whole, as a store does."""
+    from importlib.metadata import version
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "robustlab"
+    template = folder / f"mlflow-{version('mlflow')}-empty.db"
+    if template.is_file():
+        return template
+    building = template.with_name(f"{template.name}.new-{os.getpid()}")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        building.unlink(missing_ok=True)
+        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        _write_tables(building)
+        os.link(building, template)
+    except FileExistsError:
+        pass  # another process built it meanwhile
+    except Exception:  # noqa: BLE001 - an unwritable cache or a full disk there: the store is built in place
+        return None
+    finally:
+        for leftover in (building, building.with_name(building.name + "-journal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+    return template
+
+
+def _write_tables(path: Path) -> None:
+    """MLflow's tables written into the empty database file ``path``: what its first client runs on a new store."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)  # in SQLite's default journal mode: every commit is in the file itself
+    finally:
+        engine.dispose()
 
 
 def store_identity(uri: str) -> tuple[int, int] | None:

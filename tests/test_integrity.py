@@ -284,6 +284,46 @@ def test_a_launch_survives_another_process_creating_the_same_new_store(tmp_path)
     assert statuses(uri, "poison_sensitivity") == ["FINISHED"]
 
 
+def _schema(db):
+    """A SQLite store's tables and indexes, each a sorted list of its definition's lines (MLflow's own migrations
+    write a table's constraints in varying order), and its schema version."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        found = connection.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        return (sorted((kind, name, sorted(line.strip(" ,") for line in sql.splitlines())) for kind, name, sql in found),
+                connection.execute("SELECT version_num FROM alembic_version").fetchall())
+
+
+def test_a_new_store_is_a_copy_of_mlflows_empty_tables_built_once_per_mlflow_version(tmp_path, monkeypatch):
+    from importlib.metadata import version
+
+    from record.store import prepare_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template = tmp_path / "cache" / "robustlab" / f"mlflow-{version('mlflow')}-empty.db"
+    migrated = tmp_path / "by-mlflow.db"
+    (mlflows_default,) = MlflowClient(f"sqlite:///{migrated}").search_experiments()  # MLflow's own first open
+    stores = [tmp_path / name / "mlflow.db" for name in ("a", "b")]
+    prepare_store(f"sqlite:///{stores[0]}")
+    built = template.stat()
+    prepare_store(f"sqlite:///{stores[1]}")
+    assert template.stat().st_mtime_ns == built.st_mtime_ns and built.st_mode & 0o777 == 0o600, "built once, private"
+    assert list(template.parent.iterdir()) == [template], "no leftover of its building"
+    for db in stores:
+        assert _schema(db) == _schema(migrated), "the tables, indexes and schema version MLflow itself writes"
+        client = MlflowClient(f"sqlite:///{db}")
+        (default,) = client.search_experiments()  # MLflow's Default experiment, made on first open, not copied
+        assert default.artifact_location == mlflows_default.artifact_location, default.artifact_location
+        client.create_experiment("x")
+    assert [e.name for e in MlflowClient(f"sqlite:///{stores[1]}").search_experiments()] == ["x", "Default"]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(stores[0]))  # a cache that cannot be a folder: built in place
+    prepare_store(f"sqlite:///{tmp_path / 'c' / 'mlflow.db'}")
+    assert _schema(tmp_path / "c" / "mlflow.db") == _schema(migrated)
+
+
 def test_a_disk_that_fills_while_the_store_is_created_exits_2_naming_the_store(tmp_path):
     folder = tmp_path / "small"
     folder.mkdir()
