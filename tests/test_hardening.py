@@ -357,13 +357,13 @@ def test_a_hanging_loss_is_reported_by_the_probe_and_a_hanging_point_times_out(s
     assert time.monotonic() - started < 30 + 30
 
     proc = launch(["robust_loss", "--grid", f"loss=cross_entropy,{train_hang}", "--grid", "seed=42", "--set", "epochs=2",
-                   "--point-timeout", "10", "--tracking-uri", store["uri"], "--storage-path", store["ray"]],
-                  store["dir"])
+                   "--point-timeout", "20", "--tracking-uri", store["uri"], "--storage-path", store["ray"]],
+                  store["dir"])  # 20 s: the cross_entropy point (a few seconds alone) took over 10 s on a loaded machine
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     by_loss = {r.data.params["loss"]: r for r in runs(store["uri"], "robust_loss")}
-    assert by_loss["cross_entropy"].info.status == "FINISHED"
+    assert by_loss["cross_entropy"].info.status == "FINISHED", by_loss["cross_entropy"].data.tags.get(schema.TAG_ERROR)
     assert by_loss[str(train_hang)].info.status == "FAILED"
-    assert "longer than --point-timeout 10 s" in by_loss[str(train_hang)].data.tags[schema.TAG_ERROR]
+    assert "longer than --point-timeout 20 s" in by_loss[str(train_hang)].data.tags[schema.TAG_ERROR]
 
 
 def test_a_contract_error_names_the_loss_that_broke_it(tmp_path):
