@@ -17,10 +17,19 @@ from tune_jobs.runner import main
 from tune_jobs.tracking_server import TrackingServer, _group_alive
 
 
+#: Ports a Ray node takes by default (GCS, dashboard, client server, dashboard agent): a test's Ray head or server
+#: given one of them would collide with the Ray it starts (`ray start` refuses: "used by other components").
+RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, not one of Ray's defaults."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def listening_addresses(port: int) -> set[str]:
