@@ -111,16 +111,8 @@ def create_store(db: Path) -> None:
     its file is kept (opening it waits for its tables:
     :func:`record.runs.open_client`).
     """
-    building = db.with_name(f"{db.name}.new-{os.getpid()}")
     try:
-        building.unlink(missing_ok=True)  # a killed launch's leftover with this pid
-        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        template = empty_store()
-        if template is None:
-            _write_tables(building)
-        else:
-            shutil.copyfile(template, building)
-        os.link(building, db)
+        _link_whole(db, _copy_of_empty_store)
     except FileExistsError:
         pass  # another process created the store meanwhile
     except Exception as error:  # noqa: BLE001 - SQLAlchemy's, Alembic's and the system's errors alike
@@ -129,9 +121,30 @@ def create_store(db: Path) -> None:
                              "full); free space, or pass another --tracking-uri") from None
         raise StoreError(f"the tracking store {db} cannot be created: "
                          f"{getattr(error, 'strerror', None) or str(error).splitlines()[0]}") from None
+
+
+def _link_whole(target: Path, write) -> None:
+    """``write(path)`` into a new private file beside ``target``, which then takes ``target``'s name only if nothing
+    is there yet (a hard link: atomic, never overwriting; ``FileExistsError`` if something is). Nothing of the
+    attempt is left behind, whatever fails."""
+    building = target.with_name(f"{target.name}.new-{os.getpid()}")
+    try:
+        building.unlink(missing_ok=True)  # a killed process's leftover with this pid
+        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        write(building)
+        os.link(building, target)
     finally:
         for leftover in (building, building.with_name(building.name + "-journal")):
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+
+
+def _copy_of_empty_store(path: Path) -> None:
+    template = empty_store()
+    if template is None:
+        _write_tables(path)
+    else:
+        shutil.copyfile(template, path)
 
 
 def empty_store() -> Path | None:
@@ -139,28 +152,20 @@ def empty_store() -> Path | None:
     the store's own artifact location, when a client first opens a store), built once per MLflow version in the
     user's cache (``$XDG_CACHE_HOME/robustlab``, else ``~/.cache/robustlab``): a new store is a copy of it (a few
     milliseconds), not the dozens of migrations that write those tables (seconds). None where the cache cannot be
-    written; a template is built in a private file and takes its name whole, as a store does."""
+    written; the template is linked into place whole, as a store is (:func:`_link_whole`)."""
     from importlib.metadata import version
 
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "robustlab"
     template = folder / f"mlflow-{version('mlflow')}-empty.db"
     if template.is_file():
         return template
-    building = template.with_name(f"{template.name}.new-{os.getpid()}")
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        building.unlink(missing_ok=True)
-        os.close(os.open(building, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        _write_tables(building)
-        os.link(building, template)
+        _link_whole(template, _write_tables)
     except FileExistsError:
         pass  # another process built it meanwhile
     except Exception:  # noqa: BLE001 - an unwritable cache or a full disk there: the store is built in place
         return None
-    finally:
-        for leftover in (building, building.with_name(building.name + "-journal")):
-            with contextlib.suppress(OSError):
-                leftover.unlink(missing_ok=True)
     return template
 
 
